@@ -1,0 +1,1 @@
+"""spattn: sparse transformer-attention accelerator generator."""

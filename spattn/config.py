@@ -1,0 +1,224 @@
+"""The accelerator configuration: one frozen, validated object that feeds gateware and golden model.
+
+Every parameter of the generated accelerator lives in :class:`AccelConfig`. Constructing one runs
+every consistency rule; a violated rule raises :class:`ConfigError` naming the parameter, the value
+and the limit, before any gateware is built. Named presets are ``dataclasses.replace`` of a base.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .formats import IntFormat, bits_for
+
+__all__ = ["ConfigError", "BoardSpec", "BOARDS", "AccelConfig", "PRESETS", "preset", "check_topk_run"]
+
+
+class ConfigError(ValueError):
+    """An impossible configuration or run parameter; the message names parameter, value and limit."""
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """The resources of one FPGA board that the generator plans against."""
+    name: str
+    device: str
+    luts: int
+    dsps: int          # hardware multipliers (ECP5 MULT18X18D, iCE40 SB_MAC16)
+    dsp_width: int     # widest operand one multiplier takes without splitting
+    brams: int         # block RAMs (ECP5 DP16KD, iCE40 EBR)
+    bram_bits: int     # bits in one block RAM
+    clock_mhz: float   # the board oscillator, the default clock target
+
+
+BOARDS = {
+    "ulx3s-85f": BoardSpec("ulx3s-85f", "LFE5U-85F", luts=83640, dsps=156, dsp_width=18,
+                           brams=208, bram_bits=18432, clock_mhz=25.0),
+    "icebreaker": BoardSpec("icebreaker", "iCE40UP5K", luts=5280, dsps=8, dsp_width=16,
+                            brams=30, bram_bits=4096, clock_mhz=12.0),
+}
+
+#: Most comparator lanes the top-k engine supports (its compaction networks grow as lanes squared).
+MAX_TOPK_COMPARATORS = 32
+
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """All parameters of one generated accelerator.
+
+    Shapes: ``max_tokens`` tokens per sequence, ``heads`` heads of ``head_dim`` each.
+    Formats: Q/K/V values are ``act_bits`` wide (``act_frac`` fraction bits), stored as an MSB plane
+    of ``act_msb_bits`` and an LSB plane of the rest; dot products accumulate in ``acc_bits``;
+    the top-k engine ranks ``score_bits``-wide signed scores.
+    Engines: a ``pe_rows`` x ``pe_cols`` multiply-accumulate array; a top-k engine with
+    ``topk_comparators`` lanes, fed ``topk_stream_lanes`` scores per input beat.
+    Target: ``board`` (a key of :data:`BOARDS`) at ``clock_mhz``.
+    """
+    name: str = "default"
+    board: str = "ulx3s-85f"
+    clock_mhz: float = 25.0
+
+    max_tokens: int = 1024
+    heads: int = 12
+    head_dim: int = 64
+
+    act_bits: int = 12
+    act_msb_bits: int = 8
+    act_frac: int = 6
+    acc_bits: int = 32
+    score_bits: int = 16
+
+    pe_rows: int = 8
+    pe_cols: int = 16
+
+    topk_comparators: int = 16
+    topk_stream_lanes: int = 16
+
+    def __post_init__(self):
+        for rule in _RULES:
+            rule(self)
+
+    # Derived values, computed in one place.
+    @property
+    def board_spec(self) -> BoardSpec:
+        return BOARDS[self.board]
+
+    @property
+    def score_format(self) -> IntFormat:
+        return IntFormat(self.score_bits, signed=True)
+
+    @property
+    def act_format(self) -> IntFormat:
+        return IntFormat(self.act_bits, signed=True, frac=self.act_frac)
+
+    @property
+    def acc_format(self) -> IntFormat:
+        return IntFormat(self.acc_bits, signed=True, frac=2 * self.act_frac)
+
+    @property
+    def act_lsb_bits(self) -> int:
+        return self.act_bits - self.act_msb_bits
+
+    @property
+    def index_bits(self) -> int:
+        """Width of a token index ``0 .. max_tokens - 1``."""
+        return bits_for(self.max_tokens - 1)
+
+    @property
+    def count_bits(self) -> int:
+        """Width of a token count ``0 ..= max_tokens``."""
+        return bits_for(self.max_tokens)
+
+    @property
+    def topk_rows(self) -> int:
+        """Depth of each top-k buffer bank: the buffers hold ``max_tokens`` scores in rows of P."""
+        return -(-self.max_tokens // self.topk_comparators)
+
+    @property
+    def topk_buffers(self) -> int:
+        """Score buffers of the top-k engine: the input copy plus three rotating candidate buffers."""
+        return 4
+
+    def estimated_dsps(self) -> int:
+        """Multipliers the PE array needs: one per MAC, more when operands exceed the DSP width."""
+        per_mac = math.ceil(self.act_bits / self.board_spec.dsp_width) ** 2
+        return self.pe_rows * self.pe_cols * per_mac
+
+    def estimated_brams(self) -> int:
+        """Upper bound on block RAMs: every top-k bank in blocks of its own (LUT RAM may take some)."""
+        bank_bits = self.topk_rows * self.score_bits
+        banks = self.topk_buffers * self.topk_comparators
+        return banks * math.ceil(bank_bits / self.board_spec.bram_bits)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _positive(*names):
+    def rule(cfg):
+        for name in names:
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+    return rule
+
+
+def _board(cfg):
+    if cfg.board not in BOARDS:
+        raise ConfigError(f"board must be one of {sorted(BOARDS)}, not {cfg.board!r}")
+    if not (isinstance(cfg.clock_mhz, (int, float)) and cfg.clock_mhz > 0):
+        raise ConfigError(f"clock_mhz must be a positive number, not {cfg.clock_mhz!r}")
+
+
+def _widths(cfg):
+    if cfg.act_bits < 2:
+        raise ConfigError(f"act_bits must be at least 2 for a signed value, not {cfg.act_bits}")
+    if not 1 <= cfg.act_msb_bits < cfg.act_bits:
+        raise ConfigError(f"act_msb_bits must be in 1..act_bits-1 = 1..{cfg.act_bits - 1}, "
+                          f"not {cfg.act_msb_bits}")
+    if cfg.act_frac >= cfg.act_bits:
+        raise ConfigError(f"act_frac must be below act_bits = {cfg.act_bits}, not {cfg.act_frac}")
+    # A dot product of head_dim products of two act_bits values needs this many bits to never wrap.
+    need = 2 * cfg.act_bits - 1 + bits_for(cfg.head_dim - 1) if cfg.head_dim > 1 else 2 * cfg.act_bits - 1
+    if cfg.acc_bits < need:
+        raise ConfigError(f"acc_bits must be at least {need} to accumulate {cfg.head_dim} products of "
+                          f"{cfg.act_bits}-bit values, not {cfg.acc_bits}")
+    if not 2 <= cfg.score_bits <= 32:
+        raise ConfigError(f"score_bits must be in 2..32, not {cfg.score_bits}")
+
+
+def _topk(cfg):
+    p = cfg.topk_comparators
+    if not 1 <= p <= MAX_TOPK_COMPARATORS:
+        raise ConfigError(f"topk_comparators must be in 1..{MAX_TOPK_COMPARATORS}, not {p}")
+    if cfg.topk_stream_lanes % p:
+        raise ConfigError(f"topk_comparators ({p}) must divide topk_stream_lanes "
+                          f"({cfg.topk_stream_lanes})")
+
+
+def _fits_board(cfg):
+    spec = cfg.board_spec
+    if cfg.estimated_dsps() > spec.dsps:
+        raise ConfigError(f"pe_rows x pe_cols = {cfg.pe_rows} x {cfg.pe_cols} needs "
+                          f"{cfg.estimated_dsps()} multipliers, more than the {spec.dsps} of board "
+                          f"{spec.name}")
+    if cfg.estimated_brams() > spec.brams:
+        raise ConfigError(f"max_tokens = {cfg.max_tokens} with topk_comparators = "
+                          f"{cfg.topk_comparators} needs up to {cfg.estimated_brams()} block RAMs, more "
+                          f"than the {spec.brams} of board {spec.name}")
+
+
+_RULES = [
+    _positive("max_tokens", "heads", "head_dim", "act_bits", "act_msb_bits", "acc_bits", "score_bits",
+              "pe_rows", "pe_cols", "topk_comparators", "topk_stream_lanes"),
+    _board, _widths, _topk, _fits_board,
+]
+
+
+def check_topk_run(cfg: AccelConfig, n, k):
+    """Validate the runtime parameters of one top-k run: ``1 <= n <= max_tokens``, ``0 <= k <= n``."""
+    if not isinstance(n, int) or not 1 <= n <= cfg.max_tokens:
+        raise ConfigError(f"n must be in 1..max_tokens = 1..{cfg.max_tokens}, not {n!r}")
+    if not isinstance(k, int) or not 0 <= k <= n:
+        raise ConfigError(f"k must be in 0..n = 0..{n}, not {k!r}")
+
+
+_BASE = AccelConfig()
+
+PRESETS = {
+    "tiny": dataclasses.replace(
+        _BASE, name="tiny", board="icebreaker", clock_mhz=12.0, max_tokens=64, heads=2, head_dim=16,
+        act_bits=8, act_msb_bits=6, act_frac=4, acc_bits=20, score_bits=12,
+        pe_rows=2, pe_cols=2, topk_comparators=4, topk_stream_lanes=4),
+    "default": _BASE,
+    "minilm": dataclasses.replace(
+        _BASE, name="minilm", max_tokens=256, heads=12, head_dim=32, pe_rows=8, pe_cols=8),
+}
+
+
+def preset(name) -> AccelConfig:
+    """The named preset; an unknown name raises :class:`ConfigError` listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"preset must be one of {sorted(PRESETS)}, not {name!r}") from None
