@@ -1,0 +1,366 @@
+"""SpAtten-style top-k engine: quick-select by value bisection over P comparator lanes."""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from spattn.config import AccelConfig
+from spattn.formats import bits_for
+
+from .lanes import compact, exclusive_prefix_counts, masked_reduce, popcount
+
+__all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout"]
+
+
+def topk_command_layout(cfg: AccelConfig):
+    """One run: rank ``n`` scores and keep the ``k`` largest."""
+    return data.StructLayout({"n": unsigned(cfg.count_bits), "k": unsigned(cfg.count_bits)})
+
+
+def topk_scores_layout(cfg: AccelConfig):
+    return data.ArrayLayout(cfg.score_format.shape, cfg.topk_stream_lanes)
+
+
+def topk_indices_layout(cfg: AccelConfig):
+    """Up to P kept indices packed into lanes ``0 .. count - 1``; ``last`` marks the run's final beat."""
+    p = cfg.topk_comparators
+    return data.StructLayout({
+        "index": data.ArrayLayout(unsigned(cfg.index_bits), p),
+        "count": unsigned(bits_for(p)),
+        "last": 1,
+    })
+
+
+class _LaneBuffer:
+    """P single-lane memory banks that together hold rows of P scores (one row per address).
+
+    Element ``e`` of a buffer lives in bank ``e % P`` at row ``e // P``, so a run of up to P
+    consecutive elements starting anywhere touches each bank at most once: one write port per bank
+    is enough to append a packed group of survivors at any fill level.
+    """
+
+    def __init__(self, m, name, cfg):
+        self.read, self.write = [], []
+        for lane in range(cfg.topk_comparators):
+            bank = memory.Memory(shape=cfg.score_format.shape, depth=cfg.topk_rows, init=[])
+            m.submodules[f"{name}_bank{lane}"] = bank
+            self.read.append(bank.read_port())
+            self.write.append(bank.write_port())
+
+
+class TopKEngine(wiring.Component):
+    """Indices of the k largest of n signed scores, in ascending index order.
+
+    Ties at the k-th largest value go to the lower index (:data:`spattn.formats.TOPK_TIE_BREAK`);
+    the golden model is :func:`spattn.sim.golden.topk.topk_indices`.
+
+    Members
+    -------
+    cmd : In(stream of :func:`topk_command_layout`)
+        One beat starts a run. ``k`` larger than ``n`` is taken as ``n``; ``n = 0`` takes no scores.
+        ``n`` must not exceed ``max_tokens`` (the golden model and host driver refuse it).
+    scores : In(stream of ``topk_stream_lanes`` signed ``score_bits`` scores)
+        ``ceil(n / topk_stream_lanes)`` beats per run; score ``i`` is lane ``i % lanes`` of beat
+        ``i // lanes``; lanes past ``n`` in the last beat are ignored.
+    indices : Out(stream of :func:`topk_indices_layout`)
+        The kept indices, ascending, packed up to P per beat; ``last`` is set on the beat that
+        completes the k indices. ``k = 0`` gives one beat with ``count = 0`` and ``last`` set.
+    busy : Out(1)
+        High from the accepted command until the last index beat is taken.
+
+    Operation, with P = ``topk_comparators`` lanes and R = ceil(n / P) rows
+    -----------------------------------------------------------------------
+    * Load: every score is written to an input buffer, P per cycle (a beat of S lanes takes S/P
+      cycles), while the minimum and maximum are tracked: R cycles when the input keeps up.
+    * Select: each round streams the candidate set (all scores within a value interval) past the
+      pivot ``floor((min + max) / 2)``, P lanes per cycle; the greater and the smaller candidates
+      are packed (prefix-count compaction) into two other buffers while their counts and the
+      missing bound (minimum of the greater side, maximum of the smaller side) are tracked. Only
+      the side holding the k-th largest value goes on. A round of c candidates takes
+      ``ceil(c / P) + 3`` cycles. Selection stops as soon as the k-th value is known: it equals the
+      pivot, the set holds one value, or k selects the set's minimum or maximum. The value range
+      halves every round, so there are at most ``score_bits`` rounds, whatever the input order.
+    * Emit: the input buffer is read once more in order and a lane is kept when its score is
+      above the k-th value, or equal to it and among the first ones still needed; kept lanes are
+      packed to the front of the beat. At most R + 2 cycles, plus the consumer's stalls; the pass
+      ends at the beat holding the k-th kept index.
+
+    Cycles from command to last beat, without stalls, are at most
+    ``1 + R + 1 + score_bits * (R + 3) + R + 2`` (:meth:`worst_case_cycles`); on random scores
+    about ``3R + 3 * log2(n)``.
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        self.cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(topk_command_layout(cfg))),
+            "scores": In(stream.Signature(topk_scores_layout(cfg))),
+            "indices": Out(stream.Signature(topk_indices_layout(cfg))),
+            "busy": Out(1),
+        })
+
+    @staticmethod
+    def worst_case_cycles(cfg: AccelConfig, n):
+        """Bound on cycles from command acceptance to the last index beat with no stalls."""
+        rows = -(-n // cfg.topk_comparators)
+        return 1 + rows + 1 + cfg.score_bits * (rows + 3) + rows + 2
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        p = cfg.topk_comparators
+        chunks = cfg.topk_stream_lanes // p
+        fmt = cfg.score_format
+        score_shape = fmt.shape
+        row_shape = unsigned(bits_for(cfg.topk_rows))
+        lane_shape = unsigned(bits_for(p))
+        count_shape = unsigned(cfg.count_bits)
+
+        def lane_valid(row, rows, last_lanes, lane):
+            return (row != rows - 1) | (lane < last_lanes)
+
+        # Buffer 3 keeps the input in order; buffers 0..2 rotate as round source and destinations.
+        bufs = [_LaneBuffer(m, f"cand{j}", cfg) for j in range(3)] + [_LaneBuffer(m, "input", cfg)]
+        INPUT = 3
+
+        # Run parameters.
+        k_total = Signal(count_shape)
+        # The input buffer as rows: its row count and the valid lanes of its last row.
+        in_rows = Signal(row_shape)
+        in_last = Signal(lane_shape)
+        load_left = Signal(count_shape)      # scores still to load
+        chunk = Signal(range(max(chunks, 2)))
+
+        # The current candidate set: every score within [lo, hi]; k-th largest is its rank-th.
+        src = Signal(range(4))
+        src_rows = Signal(row_shape)
+        src_last = Signal(lane_shape)
+        set_count = Signal(count_shape)
+        rank = Signal(count_shape)
+        lo = Signal(score_shape)
+        hi = Signal(score_shape)
+        pivot = Signal(score_shape)
+        gt_dst = Signal(range(3))
+        lt_dst = Signal(range(3))
+
+        # Per-round accumulators, one set per destination side.
+        class Side:
+            def __init__(self, name):
+                self.row = Signal(row_shape, name=f"{name}_fill_row")
+                self.lane = Signal(lane_shape, name=f"{name}_fill_lane")
+                self.count = Signal(count_shape, name=f"{name}_count")
+                self.bound = Signal(score_shape, name=f"{name}_bound")
+        gt, lt = Side("gt"), Side("lt")
+        eq_count = Signal(count_shape)
+
+        # Outcome of selection, used by the emit pass.
+        kth = Signal(score_shape)
+        eq_quota = Signal(count_shape)       # how many scores equal to kth are kept, earliest first
+        eq_taken = Signal(count_shape)
+        emitted = Signal(count_shape)
+
+        # Read pipeline: one row address for every bank, data one cycle later.
+        rd_row = Signal(row_shape)
+        rd_en = Signal()
+        s1_valid = Signal()
+        s1_row = Signal(row_shape)
+        for buf in bufs:
+            for port in buf.read:
+                m.d.comb += [port.addr.eq(rd_row), port.en.eq(rd_en)]
+        src_data = [Mux(src == INPUT, bufs[INPUT].read[lane].data,
+                        Mux(src == 0, bufs[0].read[lane].data,
+                            Mux(src == 1, bufs[1].read[lane].data, bufs[2].read[lane].data)))
+                    for lane in range(p)]
+
+        # Load datapath: the current chunk of P lanes of the input beat.
+        load_lanes = [Signal(score_shape, name=f"load_lane{lane}") for lane in range(p)]
+        for lane in range(p):
+            choice = self.scores.payload[lane]
+            for c in range(1, chunks):
+                choice = Mux(chunk == c, self.scores.payload[c * p + lane], choice)
+            m.d.comb += load_lanes[lane].eq(choice)
+        load_flags = [Const(lane, lane_shape) < load_left for lane in range(p)]
+        load_min = masked_reduce(load_flags, load_lanes, lambda a, b: a < b, fmt.max)
+        load_max = masked_reduce(load_flags, load_lanes, lambda a, b: a > b, fmt.min)
+
+        # Partition datapath on the row in stage 1.
+        valid = [lane_valid(s1_row, src_rows, src_last, lane) for lane in range(p)]
+        is_gt = [s1_valid & v & (x > pivot) for v, x in zip(valid, src_data)]
+        is_eq = [s1_valid & v & (x == pivot) for v, x in zip(valid, src_data)]
+        is_lt = [s1_valid & v & (x < pivot) for v, x in zip(valid, src_data)]
+        gt_min = masked_reduce(is_gt, src_data, lambda a, b: a < b, fmt.max)
+        lt_max = masked_reduce(is_lt, src_data, lambda a, b: a > b, fmt.min)
+
+        def append(side, flags, dst):
+            """Pack the flagged lanes onto the end of buffer ``dst``; update the side's counters."""
+            ranks = exclusive_prefix_counts(flags)
+            added = popcount(flags)
+            for bank in range(p):
+                # Slot of this bank among the appended lanes: (bank - fill_lane) mod P.
+                wraps = bank < side.lane
+                slot = Mux(wraps, bank + p - side.lane, bank - side.lane)[:lane_shape.width]
+                value = compact(flags, src_data, ranks, slot)
+                for j in range(3):
+                    port = bufs[j].write[bank]
+                    with m.If(dst == j):
+                        m.d.comb += [
+                            port.en.eq(slot < added),
+                            port.addr.eq(side.row + wraps),
+                            port.data.eq(value),
+                        ]
+            fill = side.lane + added
+            with m.If(fill >= p):
+                m.d.sync += [side.row.eq(side.row + 1), side.lane.eq(fill - p)]
+            with m.Else():
+                m.d.sync += side.lane.eq(fill)
+            m.d.sync += side.count.eq(side.count + added)
+
+        # Emit datapath on the row in stage 1 (input buffer).
+        in_data = [buf_port.data for buf_port in bufs[INPUT].read]
+        e_valid = [s1_valid & lane_valid(s1_row, in_rows, in_last, lane) for lane in range(p)]
+        e_eq = [v & (x == kth) for v, x in zip(e_valid, in_data)]
+        e_eq_rank = exclusive_prefix_counts(e_eq)
+        e_keep = [v & ((x > kth) | (eq & (eq_taken + r < eq_quota)))
+                  for v, x, eq, r in zip(e_valid, in_data, e_eq, e_eq_rank)]
+        e_keep_eq = [keep & eq for keep, eq in zip(e_keep, e_eq)]
+        e_count = popcount(e_keep)
+        e_ranks = exclusive_prefix_counts(e_keep)
+        row_base = Signal(cfg.index_bits + bits_for(p))
+        m.d.comb += row_base.eq(s1_row * p)
+        e_index = [(row_base + lane)[:cfg.index_bits] for lane in range(p)]
+        e_last = emitted + e_count == k_total
+
+        def start_set(rows, last, count, set_rank, low, high, source):
+            m.d.sync += [src_rows.eq(rows), src_last.eq(last), set_count.eq(count),
+                         rank.eq(set_rank), lo.eq(low), hi.eq(high), src.eq(source)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    n, k = self.cmd.payload.n, self.cmd.payload.k
+                    m.d.sync += [
+                        k_total.eq(Mux(k > n, n, k)),
+                        load_left.eq(n), chunk.eq(0), in_rows.eq(0),
+                        lo.eq(fmt.max), hi.eq(fmt.min),
+                        eq_taken.eq(0), emitted.eq(0),
+                    ]
+                    with m.If(n == 0):
+                        m.next = "EMPTY"
+                    with m.Else():
+                        m.next = "LOAD"
+
+            with m.State("LOAD"):
+                m.d.comb += self.busy.eq(1)
+                final_chunk = load_left <= p
+                m.d.comb += self.scores.ready.eq(final_chunk | (chunk == chunks - 1))
+                with m.If(self.scores.valid):
+                    for lane in range(p):
+                        port = bufs[INPUT].write[lane]
+                        m.d.comb += [port.en.eq(load_flags[lane]), port.addr.eq(in_rows),
+                                     port.data.eq(load_lanes[lane])]
+                    m.d.sync += [
+                        in_rows.eq(in_rows + 1),
+                        load_left.eq(Mux(final_chunk, 0, load_left - p)),
+                        chunk.eq(Mux(self.scores.ready, 0, chunk + 1)),
+                        lo.eq(Mux(load_min < lo, load_min, lo)),
+                        hi.eq(Mux(load_max > hi, load_max, hi)),
+                    ]
+                    with m.If(final_chunk):
+                        m.d.sync += [
+                            in_last.eq(load_left), src_rows.eq(in_rows + 1), src_last.eq(load_left),
+                            set_count.eq(in_rows * p + load_left),
+                            rank.eq(k_total), src.eq(INPUT),
+                        ]
+                        m.next = "CHECK"
+
+            with m.State("CHECK"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
+                with m.If(k_total == 0):
+                    m.next = "EMPTY"
+                with m.Elif((lo == hi) | (rank == set_count)):
+                    m.d.sync += [kth.eq(lo), eq_quota.eq(rank)]
+                    m.next = "EMIT"
+                with m.Elif(rank == 1):
+                    m.d.sync += [kth.eq(hi), eq_quota.eq(rank)]
+                    m.next = "EMIT"
+                with m.Else():
+                    m.d.sync += [
+                        pivot.eq(((lo + hi) >> 1)[:cfg.score_bits]),
+                        gt.row.eq(0), gt.lane.eq(0), gt.count.eq(0), gt.bound.eq(fmt.max),
+                        lt.row.eq(0), lt.lane.eq(0), lt.count.eq(0), lt.bound.eq(fmt.min),
+                        eq_count.eq(0),
+                    ]
+                    # The destinations are the two candidate buffers that are not the source.
+                    m.d.sync += [gt_dst.eq(Mux(src == 0, 1, 0)), lt_dst.eq(Mux(src == 2, 1, 2))]
+                    m.next = "ROUND"
+
+            with m.State("ROUND"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(rd_row != src_rows):
+                    m.d.comb += rd_en.eq(1)
+                    m.d.sync += [s1_valid.eq(1), s1_row.eq(rd_row), rd_row.eq(rd_row + 1)]
+                with m.Else():
+                    m.d.sync += s1_valid.eq(0)
+                    m.next = "DECIDE"
+                append(gt, is_gt, gt_dst)
+                append(lt, is_lt, lt_dst)
+                m.d.sync += [
+                    eq_count.eq(eq_count + popcount(is_eq)),
+                    gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
+                    lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
+                ]
+
+            with m.State("DECIDE"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(gt.count >= rank):
+                    start_set(gt.row + (gt.lane != 0), Mux(gt.lane == 0, p, gt.lane), gt.count,
+                              rank, gt.bound, hi, gt_dst)
+                    m.next = "CHECK"
+                with m.Elif(gt.count + eq_count >= rank):
+                    m.d.sync += [kth.eq(pivot), eq_quota.eq(rank - gt.count)]
+                    m.next = "EMIT"
+                with m.Else():
+                    start_set(lt.row + (lt.lane != 0), Mux(lt.lane == 0, p, lt.lane), lt.count,
+                              rank - gt.count - eq_count, lo, lt.bound, lt_dst)
+                    m.next = "CHECK"
+                m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
+
+            with m.State("EMIT"):
+                m.d.comb += self.busy.eq(1)
+                out = self.indices
+                for slot in range(p):
+                    m.d.comb += out.payload.index[slot].eq(compact(e_keep, e_index, e_ranks, slot))
+                m.d.comb += [
+                    out.payload.count.eq(e_count),
+                    out.payload.last.eq(e_last),
+                    out.valid.eq(s1_valid & ((e_count != 0) | e_last)),
+                ]
+                # Stage 1 moves on when empty, when its row keeps nothing, or when its beat is taken.
+                advance = ~s1_valid | ((e_count == 0) & ~e_last) | out.ready
+                with m.If(advance):
+                    m.d.comb += rd_en.eq(1)
+                    m.d.sync += [
+                        s1_valid.eq(rd_row != in_rows), s1_row.eq(rd_row), rd_row.eq(rd_row + 1),
+                        eq_taken.eq(eq_taken + popcount(e_keep_eq)),
+                        emitted.eq(emitted + e_count),
+                    ]
+                    with m.If(s1_valid & e_last):
+                        m.d.sync += s1_valid.eq(0)
+                        m.next = "IDLE"
+
+            with m.State("EMPTY"):
+                # Nothing to keep: drain the run's scores, then send the lone end beat.
+                m.d.comb += self.busy.eq(1)
+                with m.If(load_left != 0):
+                    m.d.comb += self.scores.ready.eq((load_left <= p) | (chunk == chunks - 1))
+                    with m.If(self.scores.valid):
+                        m.d.sync += [load_left.eq(Mux(load_left <= p, 0, load_left - p)),
+                                     chunk.eq(Mux(self.scores.ready, 0, chunk + 1))]
+                with m.Else():
+                    m.d.comb += [self.indices.valid.eq(1), self.indices.payload.last.eq(1)]
+                    with m.If(self.indices.ready):
+                        m.next = "IDLE"
+
+        return m
