@@ -1,29 +1,41 @@
 """Combinational networks over a row of P parallel lanes, shared by the stream engines.
 
-Each function builds logic in the caller's module from plain Python loops over lanes (no
-``Array`` muxes, which make Verilog generation slow) and returns Amaranth values.
+Each function builds logic in module ``m`` from plain Python loops over lanes (no ``Array`` muxes,
+which make Verilog generation slow) and returns signals. Every intermediate that is used more than
+once is a named signal: Amaranth copies an expression tree into the netlist at each place it is
+used, so reusing Python expressions instead multiplies the logic (P-lane networks by P or more).
 """
 
-from amaranth.hdl import Const, Mux, Value, unsigned
+from amaranth.hdl import Const, Mux, Signal, Value, unsigned
 
 from spattn.formats import bits_for
 
-__all__ = ["popcount", "exclusive_prefix_counts", "compact", "masked_reduce"]
+__all__ = ["wire", "popcount", "exclusive_prefix_counts", "compact", "masked_reduce"]
 
 
-def popcount(flags):
+def wire(m, value, name, shape=None):
+    """A signal in ``m`` driven combinationally by ``value``."""
+    signal = Signal(shape if shape is not None else Value.cast(value).shape(), name=name)
+    m.d.comb += signal.eq(value)
+    return signal
+
+
+def popcount(m, flags, name):
     """Number of set bits among the 1-bit values ``flags``."""
-    total = Const(0, unsigned(bits_for(len(flags))))
+    width = bits_for(len(flags))
+    total = Const(0, unsigned(width))
     for flag in flags:
         total = total + flag
-    return total[:bits_for(len(flags))]
+    return wire(m, total[:width], name)
 
 
-def exclusive_prefix_counts(flags):
+def exclusive_prefix_counts(m, flags, name):
     """``[popcount(flags[:i]) for i in range(len(flags))]``: the rank of each lane among set lanes."""
-    ranks, running = [], Const(0, unsigned(bits_for(len(flags))))
-    for flag in flags:
-        ranks.append(running[:bits_for(len(flags))])
+    shape = unsigned(bits_for(len(flags)))
+    ranks, running = [], Const(0, shape)
+    for lane, flag in enumerate(flags):
+        running = wire(m, running, f"{name}{lane}", shape)
+        ranks.append(running)
         running = running + flag
     return ranks
 
@@ -31,8 +43,9 @@ def exclusive_prefix_counts(flags):
 def compact(flags, values, ranks, slot):
     """The value of the set lane whose rank equals ``slot`` (zero when there is none).
 
-    With ``ranks = exclusive_prefix_counts(flags)``, calling this for every slot packs the set lanes
-    to the front in lane order: a zero eliminator.
+    With ``ranks = exclusive_prefix_counts(...)``, calling this for every slot packs the set lanes
+    to the front in lane order: a zero eliminator. ``flags``, ``values`` and ``ranks`` should be
+    signals, since this is called once per slot.
     """
     width = Value.cast(values[0]).shape().width
     picked = Const(0, width)
@@ -41,14 +54,19 @@ def compact(flags, values, ranks, slot):
     return picked
 
 
-def masked_reduce(flags, values, pick_first, identity):
+def masked_reduce(m, flags, values, pick_first, identity, name):
     """Reduce the values of set lanes with a binary tree; ``identity`` where no lane is set.
 
     ``pick_first(a, b)`` is a 1-bit value saying whether ``a`` wins over ``b`` (``a > b`` for a maximum).
     """
-    level = [Mux(flag, value, identity) for flag, value in zip(flags, values)]
+    shape = Value.cast(values[0]).shape()
+    level = [wire(m, Mux(flag, value, identity), f"{name}_in{lane}", shape)
+             for lane, (flag, value) in enumerate(zip(flags, values))]
+    depth = 0
     while len(level) > 1:
-        paired = [Mux(pick_first(a, b), a, b) for a, b in zip(level[0::2], level[1::2])]
+        depth += 1
+        paired = [wire(m, Mux(pick_first(a, b), a, b), f"{name}_l{depth}_{i}", shape)
+                  for i, (a, b) in enumerate(zip(level[0::2], level[1::2]))]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired

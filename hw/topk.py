@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from spattn.config import AccelConfig
 from spattn.formats import bits_for
 
-from .lanes import compact, exclusive_prefix_counts, masked_reduce, popcount
+from .lanes import compact, exclusive_prefix_counts, masked_reduce, popcount, wire
 
 __all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout"]
 
@@ -167,10 +167,10 @@ class TopKEngine(wiring.Component):
         for buf in bufs:
             for port in buf.read:
                 m.d.comb += [port.addr.eq(rd_row), port.en.eq(rd_en)]
-        src_data = [Mux(src == INPUT, bufs[INPUT].read[lane].data,
-                        Mux(src == 0, bufs[0].read[lane].data,
-                            Mux(src == 1, bufs[1].read[lane].data, bufs[2].read[lane].data)))
-                    for lane in range(p)]
+        src_data = [wire(m, Mux(src == INPUT, bufs[INPUT].read[lane].data,
+                                Mux(src == 0, bufs[0].read[lane].data,
+                                    Mux(src == 1, bufs[1].read[lane].data, bufs[2].read[lane].data))),
+                         f"src_data{lane}") for lane in range(p)]
 
         # Load datapath: the current chunk of P lanes of the input beat.
         load_lanes = [Signal(score_shape, name=f"load_lane{lane}") for lane in range(p)]
@@ -179,27 +179,31 @@ class TopKEngine(wiring.Component):
             for c in range(1, chunks):
                 choice = Mux(chunk == c, self.scores.payload[c * p + lane], choice)
             m.d.comb += load_lanes[lane].eq(choice)
-        load_flags = [Const(lane, lane_shape) < load_left for lane in range(p)]
-        load_min = masked_reduce(load_flags, load_lanes, lambda a, b: a < b, fmt.max)
-        load_max = masked_reduce(load_flags, load_lanes, lambda a, b: a > b, fmt.min)
+        load_flags = [wire(m, Const(lane, lane_shape) < load_left, f"load_valid{lane}") for lane in range(p)]
+        load_min = masked_reduce(m, load_flags, load_lanes, lambda a, b: a < b, fmt.max, "load_min")
+        load_max = masked_reduce(m, load_flags, load_lanes, lambda a, b: a > b, fmt.min, "load_max")
 
         # Partition datapath on the row in stage 1.
-        valid = [lane_valid(s1_row, src_rows, src_last, lane) for lane in range(p)]
-        is_gt = [s1_valid & v & (x > pivot) for v, x in zip(valid, src_data)]
-        is_eq = [s1_valid & v & (x == pivot) for v, x in zip(valid, src_data)]
-        is_lt = [s1_valid & v & (x < pivot) for v, x in zip(valid, src_data)]
-        gt_min = masked_reduce(is_gt, src_data, lambda a, b: a < b, fmt.max)
-        lt_max = masked_reduce(is_lt, src_data, lambda a, b: a > b, fmt.min)
+        valid = [wire(m, s1_valid & lane_valid(s1_row, src_rows, src_last, lane), f"part_valid{lane}")
+                 for lane in range(p)]
+        is_gt = [wire(m, v & (x > pivot), f"is_gt{lane}") for lane, (v, x) in enumerate(zip(valid, src_data))]
+        is_eq = [wire(m, v & (x == pivot), f"is_eq{lane}") for lane, (v, x) in enumerate(zip(valid, src_data))]
+        is_lt = [wire(m, v & (x < pivot), f"is_lt{lane}") for lane, (v, x) in enumerate(zip(valid, src_data))]
+        gt_min = masked_reduce(m, is_gt, src_data, lambda a, b: a < b, fmt.max, "gt_min")
+        lt_max = masked_reduce(m, is_lt, src_data, lambda a, b: a > b, fmt.min, "lt_max")
+        eq_added = popcount(m, is_eq, "eq_added")
 
-        def append(side, flags, dst):
+        def append(side, flags, dst, name):
             """Pack the flagged lanes onto the end of buffer ``dst``; update the side's counters."""
-            ranks = exclusive_prefix_counts(flags)
-            added = popcount(flags)
+            ranks = exclusive_prefix_counts(m, flags, f"{name}_rank")
+            added = popcount(m, flags, f"{name}_added")
             for bank in range(p):
                 # Slot of this bank among the appended lanes: (bank - fill_lane) mod P.
-                wraps = bank < side.lane
-                slot = Mux(wraps, bank + p - side.lane, bank - side.lane)[:lane_shape.width]
-                value = compact(flags, src_data, ranks, slot)
+                wraps = wire(m, bank < side.lane, f"{name}_wraps{bank}")
+                slot = wire(m, Mux(wraps, bank + p - side.lane, bank - side.lane)[:lane_shape.width],
+                            f"{name}_slot{bank}")
+                value = wire(m, compact(flags, src_data, ranks, slot), f"{name}_value{bank}",
+                             score_shape)
                 for j in range(3):
                     port = bufs[j].write[bank]
                     with m.If(dst == j):
@@ -217,18 +221,18 @@ class TopKEngine(wiring.Component):
 
         # Emit datapath on the row in stage 1 (input buffer).
         in_data = [buf_port.data for buf_port in bufs[INPUT].read]
-        e_valid = [s1_valid & lane_valid(s1_row, in_rows, in_last, lane) for lane in range(p)]
-        e_eq = [v & (x == kth) for v, x in zip(e_valid, in_data)]
-        e_eq_rank = exclusive_prefix_counts(e_eq)
-        e_keep = [v & ((x > kth) | (eq & (eq_taken + r < eq_quota)))
-                  for v, x, eq, r in zip(e_valid, in_data, e_eq, e_eq_rank)]
-        e_keep_eq = [keep & eq for keep, eq in zip(e_keep, e_eq)]
-        e_count = popcount(e_keep)
-        e_ranks = exclusive_prefix_counts(e_keep)
-        row_base = Signal(cfg.index_bits + bits_for(p))
-        m.d.comb += row_base.eq(s1_row * p)
-        e_index = [(row_base + lane)[:cfg.index_bits] for lane in range(p)]
-        e_last = emitted + e_count == k_total
+        e_valid = [wire(m, s1_valid & lane_valid(s1_row, in_rows, in_last, lane), f"emit_valid{lane}")
+                   for lane in range(p)]
+        e_eq = [wire(m, v & (x == kth), f"emit_eq{lane}") for lane, (v, x) in enumerate(zip(e_valid, in_data))]
+        e_eq_rank = exclusive_prefix_counts(m, e_eq, "emit_eq_rank")
+        e_keep = [wire(m, v & ((x > kth) | (eq & (eq_taken + r < eq_quota))), f"emit_keep{lane}")
+                  for lane, (v, x, eq, r) in enumerate(zip(e_valid, in_data, e_eq, e_eq_rank))]
+        e_keep_eq = popcount(m, [keep & eq for keep, eq in zip(e_keep, e_eq)], "emit_keep_eq")
+        e_count = popcount(m, e_keep, "emit_count")
+        e_ranks = exclusive_prefix_counts(m, e_keep, "emit_rank")
+        row_base = wire(m, s1_row * p, "row_base", unsigned(cfg.index_bits + bits_for(p)))
+        e_index = [wire(m, (row_base + lane)[:cfg.index_bits], f"emit_index{lane}") for lane in range(p)]
+        e_last = wire(m, emitted + e_count == k_total, "emit_last")
 
         def start_set(rows, last, count, set_rank, low, high, source):
             m.d.sync += [src_rows.eq(rows), src_last.eq(last), set_count.eq(count),
@@ -304,10 +308,10 @@ class TopKEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += s1_valid.eq(0)
                     m.next = "DECIDE"
-                append(gt, is_gt, gt_dst)
-                append(lt, is_lt, lt_dst)
+                append(gt, is_gt, gt_dst, "gt")
+                append(lt, is_lt, lt_dst, "lt")
                 m.d.sync += [
-                    eq_count.eq(eq_count + popcount(is_eq)),
+                    eq_count.eq(eq_count + eq_added),
                     gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
                     lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
                 ]
@@ -343,7 +347,7 @@ class TopKEngine(wiring.Component):
                     m.d.comb += rd_en.eq(1)
                     m.d.sync += [
                         s1_valid.eq(rd_row != in_rows), s1_row.eq(rd_row), rd_row.eq(rd_row + 1),
-                        eq_taken.eq(eq_taken + popcount(e_keep_eq)),
+                        eq_taken.eq(eq_taken + e_keep_eq),
                         emitted.eq(emitted + e_count),
                     ]
                     with m.If(s1_valid & e_last):

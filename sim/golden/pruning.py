@@ -1,0 +1,46 @@
+"""Selection rules of the pruning controller: keep counts, top-k with the shared tie-break, schedules.
+
+Ties follow :data:`spattn.formats.TOPK_TIE_BREAK` (among equal scores the lower index wins), as
+the top-k engine does, so the golden model and the gateware keep the same tokens and heads.
+"""
+
+import math
+
+import torch
+
+from spattn.formats import TOPK_TIE_BREAK
+
+__all__ = ["schedule_at", "keep_count", "top_indices", "top_per_row"]
+
+assert TOPK_TIE_BREAK == "lower_index"
+
+
+def schedule_at(schedule: tuple, layer: int) -> float:
+    """The value of a per-layer schedule (one value per layer, or one for all layers) at ``layer``."""
+    return schedule[0] if len(schedule) == 1 else schedule[layer]
+
+
+def keep_count(ratio: float, n: int) -> int:
+    """How many of ``n`` survive a keep ratio: ``ceil(ratio * n)``, at least 1 when ``n > 0``."""
+    return min(n, max(1, math.ceil(ratio * n - 1e-9))) if n else 0
+
+
+def top_indices(scores, k: int, forced=None):
+    """Positions of the ``k`` largest of a 1-D ``scores`` in ascending order; ``forced`` (a position)
+    is always kept, taking one of the ``k`` places."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    if forced is not None:
+        order = torch.cat([order.new_tensor([forced]), order[order != forced]])
+    return torch.sort(order[:k]).values
+
+
+def top_per_row(scores, ratio: float, present):
+    """Bool mask, per row of ``scores`` (``(.., m)``), of the ``keep_count(ratio, c)`` largest among
+    the ``c`` entries where ``present`` is True; ties go to the lower index."""
+    present_count = present.sum(dim=-1)
+    counts = torch.clamp(torch.ceil(ratio * present_count - 1e-9), min=1).minimum(present_count)
+    floor = -torch.inf if scores.is_floating_point() else torch.iinfo(scores.dtype).min
+    lowest = torch.full_like(scores, floor)
+    order = torch.sort(torch.where(present, scores, lowest), dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1]).expand_as(order))
+    return (rank < counts.unsqueeze(-1)) & present

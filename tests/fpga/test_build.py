@@ -1,0 +1,160 @@
+"""Board builds: real YoWASP builds of the top-k harness, the nextpnr report parser, the errors."""
+
+import dataclasses
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from spattn.config import BOARDS as BOARD_SPECS
+from spattn.config import ConfigError, preset
+from spattn.fpga.build import (BOARDS, BuildError, BuildReport, build_bitstream, format_report,
+                               parse_nextpnr_report)
+from spattn.fpga.toolchain import ToolchainError, find_tool, toolchain_env
+
+
+@pytest.fixture(scope="module")
+def tiny_icebreaker(tmp_path_factory):
+    return build_bitstream(preset("tiny"), "icebreaker", tmp_path_factory.mktemp("icebreaker"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ulx3s(tmp_path_factory):
+    # The tiny preset re-validated for the ULX3S: a quick real ECP5 build of the same engine.
+    return build_bitstream(preset("tiny"), "ulx3s-85f", tmp_path_factory.mktemp("ulx3s"))
+
+
+def _check_sane(report, board):
+    spec = BOARD_SPECS[board]
+    assert report.board == board and report.device == spec.device
+    bitstream = Path(report.bitstream)
+    assert bitstream.is_file() and bitstream.suffix == BOARDS[board].bitstream_suffix
+    assert bitstream.stat().st_size > 50_000
+    assert 0 < report.luts_used <= report.luts_available == spec.luts
+    assert 0 < report.registers_used <= report.registers_available
+    assert 0 <= report.dsps_used <= report.dsps_available == spec.dsps
+    assert 0 <= report.brams_used <= report.brams_available == spec.brams
+    assert report.fmax_mhz > 0 and report.target_mhz == 12.0
+    assert report.wall_time_s > 0
+
+
+def _raw(report):
+    return json.loads(Path(report.nextpnr_report).read_text())
+
+
+def _log(report):
+    return Path(report.nextpnr_report.replace(".nextpnr.json", ".tim")).read_text()
+
+
+@pytest.mark.slow
+def test_tiny_icebreaker_build(tiny_icebreaker):
+    report = tiny_icebreaker
+    _check_sane(report, "icebreaker")
+    assert report.brams_used > 0    # the iCE40 has no LUT RAM: the engine's buffers take EBRs
+    raw = _raw(report)["utilization"]
+    assert report.luts_used == raw["ICESTORM_LC"]["used"]
+    assert report.dsps_used == raw["ICESTORM_DSP"]["used"]
+    assert report.brams_used == raw["ICESTORM_RAM"]["used"]
+    # iCE40 flip-flops come from nextpnr's packing log: LCs with a DFF, with or without a LUT.
+    log = _log(report)
+    both = int(re.search(r"(\d+) LCs used as LUT4 and DFF", log).group(1))
+    dff_only = int(re.search(r"(\d+) LCs used as DFF only", log).group(1))
+    assert report.registers_used == both + dff_only
+    # The Fmax is nextpnr's final one, the last line of its log that states it.
+    last = re.findall(r"Max frequency for clock '[^']+': ([\d.]+) MHz", log)[-1]
+    assert report.fmax_mhz == pytest.approx(float(last), abs=0.01)
+
+
+@pytest.mark.slow
+def test_tiny_ulx3s_build(tiny_ulx3s):
+    report = tiny_ulx3s
+    _check_sane(report, "ulx3s-85f")
+    raw = _raw(report)["utilization"]
+    for field, key in [("luts_used", "TRELLIS_COMB"), ("registers_used", "TRELLIS_FF"),
+                       ("dsps_used", "MULT18X18D"), ("brams_used", "DP16KD")]:
+        assert getattr(report, field) == raw[key]["used"], field
+
+
+@pytest.mark.slow
+def test_parser_on_real_reports(tiny_icebreaker, tiny_ulx3s):
+    ice = parse_nextpnr_report(tiny_icebreaker.nextpnr_report, "ice40", log_text=_log(tiny_icebreaker))
+    ecp = parse_nextpnr_report(tiny_ulx3s.nextpnr_report, "ecp5")
+    for report, figures in [(tiny_icebreaker, ice), (tiny_ulx3s, ecp)]:
+        for key, value in figures.items():
+            assert getattr(report, key) == value, key
+    raw = _raw(tiny_ulx3s)
+    assert ecp["fmax_mhz"] == min(c["achieved"] for c in raw["fmax"].values())
+    assert ecp["clocks"] == {name: {"achieved": c["achieved"], "constraint": c["constraint"]}
+                             for name, c in raw["fmax"].items()}
+    assert ecp["utilization"]["TRELLIS_COMB"]["available"] == BOARD_SPECS["ulx3s-85f"].luts
+
+    # The family picks the keys: an iCE40 report read as ECP5 names the missing primitive.
+    with pytest.raises(BuildError, match="no 'TRELLIS_COMB' entry for luts"):
+        parse_nextpnr_report(_raw(tiny_icebreaker), "ecp5")
+    with pytest.raises(ValueError, match="needs the nextpnr log"):
+        parse_nextpnr_report(_raw(tiny_icebreaker), "ice40")
+    with pytest.raises(BuildError, match="register count"):
+        parse_nextpnr_report(_raw(tiny_icebreaker), "ice40", log_text="Info: nothing here\n")
+    no_clock = dict(raw, fmax={})
+    with pytest.raises(BuildError, match="no 'fmax' entry"):
+        parse_nextpnr_report(no_clock, "ecp5")
+    with pytest.raises(ValueError, match="family must be one of"):
+        parse_nextpnr_report(raw, "gowin")
+
+
+@pytest.mark.slow
+def test_report_json_and_table(tiny_icebreaker):
+    report = tiny_icebreaker
+    data = json.loads(report.to_json())
+    assert data["luts_used"] == report.luts_used and data["bitstream"] == report.bitstream
+    assert data["timing_met"] == (report.fmax_mhz >= report.target_mhz)
+    rebuilt = BuildReport(**{k: v for k, v in data.items() if k != "timing_met"})
+    assert rebuilt == report
+
+    table = format_report(report)
+    assert "icebreaker (iCE40UP5K), preset tiny" in table
+    assert re.search(rf"LUTs\s+{report.luts_used}\s+5280\b", table)
+    assert re.search(rf"Registers\s+{report.registers_used}\s+5280\b", table)
+    assert re.search(rf"Block RAMs\s+{report.brams_used}\s+30\b", table)
+    assert f"{report.fmax_mhz:.2f} MHz (target 12.00 MHz" in table
+    assert "NOT MET" in format_report(dataclasses.replace(report, fmax_mhz=5.0))
+    assert ": met)" in format_report(dataclasses.replace(report, fmax_mhz=50.0))
+
+
+def test_unknown_board(tmp_path):
+    with pytest.raises(ConfigError, match=r"board must be one of \['icebreaker', 'ulx3s-85f'\], "
+                                          r"not 'nexys-a7'"):
+        build_bitstream(preset("tiny"), "nexys-a7", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_preset_that_does_not_fit(tmp_path):
+    with pytest.raises(ConfigError, match=r"preset 'default' does not fit board 'icebreaker': .*"
+                                          r"needs 128 multipliers, more than the 8"):
+        build_bitstream(preset("default"), "icebreaker", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_registry_matches_config_boards():
+    assert set(BOARDS) == set(BOARD_SPECS)
+    for name, board in BOARDS.items():
+        assert board.platform.device == BOARD_SPECS[name].device
+
+
+def test_toolchain_without_activated_venv():
+    env = toolchain_env("ecp5", base={"PATH": "/usr/bin:/bin"})
+    assert env["PATH"] == "/usr/bin:/bin" and env["AMARANTH_USE_YOSYS"] == "builtin"
+    for var in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"):
+        assert Path(env[var]).parent == Path(sys.executable).parent and Path(env[var]).is_file()
+    assert "NEXTPNR_ICE40" not in env and env["OPENFPGALOADER"].endswith("true")
+    assert set(toolchain_env()) >= {"YOSYS", "NEXTPNR_ECP5", "ECPPACK", "NEXTPNR_ICE40", "ICEPACK"}
+
+
+def test_missing_tool_names_tool_and_package():
+    with pytest.raises(ToolchainError, match=r"'yowasp-nextpnr-gowin' not found .* "
+                                             r"pip install yowasp-nextpnr-gowin"):
+        find_tool("yowasp-nextpnr-gowin", "yowasp-nextpnr-gowin")
+    with pytest.raises(ValueError, match="family must be one of"):
+        toolchain_env("gowin")

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from spattn.config import AccelConfig, preset
+from spattn.gen.cli import main
+from spattn.gen.verilog import generate
+
+
+def test_verilog_command_writes_verilog_and_manifest(tmp_path, capsys):
+    assert main(["verilog", "--preset", "tiny", "-o", str(tmp_path)]) == 0
+    verilog = (tmp_path / "spattn_topk.v").read_text()
+    manifest = json.loads((tmp_path / "spattn_topk.json").read_text())
+    assert "module spattn_topk(" in verilog
+    assert AccelConfig.from_dict(manifest["config"]) == preset("tiny")
+    assert manifest["top"] == "spattn_topk" and manifest["spattn_version"]
+    ports = {port["name"]: port for port in manifest["ports"]}
+    cfg = preset("tiny")
+    assert ports["scores__payload"] == {"name": "scores__payload", "direction": "input",
+                                        "width": cfg.score_bits * cfg.topk_stream_lanes}
+    assert ports["indices__ready"]["direction"] == "input"
+    assert ports["indices__payload"]["width"] == cfg.topk_comparators * cfg.index_bits + 3 + 1
+    for name in ports:
+        assert f"{name};" in verilog or f"{name} ;" in verilog or f" {name}," in verilog
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
+    assert main(["verilog", "--preset", "huge", "-o", str(tmp_path)]) == 2
+    assert "preset must be one of ['default', 'minilm', 'tiny'], not 'huge'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_block_names_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"block must be one of \['topk'\], not 'fft'"):
+        generate(preset("tiny"), tmp_path, block="fft")
