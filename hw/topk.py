@@ -71,23 +71,26 @@ class TopKEngine(wiring.Component):
     Operation, with P = ``topk_comparators`` lanes and R = ceil(n / P) rows
     -----------------------------------------------------------------------
     * Load: every score is written to an input buffer, P per cycle (a beat of S lanes takes S/P
-      cycles), while the minimum and maximum are tracked: R cycles when the input keeps up.
-    * Select: each round streams the candidate set (all scores within a value interval) past the
-      pivot ``floor((min + max) / 2)``, P lanes per cycle; the greater and the smaller candidates
-      are packed (prefix-count compaction) into two other buffers while their counts and the
-      missing bound (minimum of the greater side, maximum of the smaller side) are tracked. Only
-      the side holding the k-th largest value goes on. A round of c candidates takes
-      ``ceil(c / P) + 3`` cycles. Selection stops as soon as the k-th value is known: it equals the
-      pivot, the set holds one value, or k selects the set's minimum or maximum. The value range
-      halves every round, so there are at most ``score_bits`` rounds, whatever the input order.
+      cycles): R cycles when the input keeps up. The first selection round rides along: the
+      scores are partitioned around the run's first score as they arrive, and the minimum and
+      maximum are tracked.
+    * Select: a round partitions the candidate set (all scores within a value interval) around a
+      pivot, P lanes per cycle; the greater and the smaller candidates are packed (prefix-count
+      compaction) into two other buffers while their counts and the missing bound (minimum of the
+      greater side, maximum of the smaller side) are tracked. Only the side holding the k-th
+      largest value goes on. Later rounds read the candidates back from their buffer and pivot on
+      ``floor((min + max) / 2)``; a round of c candidates takes ``ceil(c / P) + 2`` cycles.
+      Selection stops as soon as the k-th value is known: it equals the pivot, the set holds one
+      value, or k selects the set's minimum or maximum. The value range halves in every round
+      after the first, so there are at most ``score_bits`` of them, whatever the input order.
     * Emit: the input buffer is read once more in order and a lane is kept when its score is
       above the k-th value, or equal to it and among the first ones still needed; kept lanes are
       packed to the front of the beat. At most R + 2 cycles, plus the consumer's stalls; the pass
       ends at the beat holding the k-th kept index.
 
     Cycles from command to last beat, without stalls, are at most
-    ``1 + R + 1 + score_bits * (R + 3) + R + 2`` (:meth:`worst_case_cycles`); on random scores
-    about ``3R + 3 * log2(n)``.
+    ``1 + R + 1 + score_bits * (R + 2) + R + 2`` (:meth:`worst_case_cycles`); on random scores
+    about ``3.3 R`` (``spattn bench topk`` measures it).
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -103,7 +106,7 @@ class TopKEngine(wiring.Component):
     def worst_case_cycles(cfg: AccelConfig, n):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
-        return 1 + rows + 1 + cfg.score_bits * (rows + 3) + rows + 2
+        return 1 + rows + 1 + cfg.score_bits * (rows + 2) + rows + 2
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -135,7 +138,6 @@ class TopKEngine(wiring.Component):
         src = Signal(range(4))
         src_rows = Signal(row_shape)
         src_last = Signal(lane_shape)
-        set_count = Signal(count_shape)
         rank = Signal(count_shape)
         lo = Signal(score_shape)
         hi = Signal(score_shape)
@@ -183,14 +185,21 @@ class TopKEngine(wiring.Component):
         load_min = masked_reduce(m, load_flags, load_lanes, lambda a, b: a < b, fmt.max, "load_min")
         load_max = masked_reduce(m, load_flags, load_lanes, lambda a, b: a > b, fmt.min, "load_max")
 
-        # Partition datapath on the row in stage 1.
-        valid = [wire(m, s1_valid & lane_valid(s1_row, src_rows, src_last, lane), f"part_valid{lane}")
-                 for lane in range(p)]
-        is_gt = [wire(m, v & (x > pivot), f"is_gt{lane}") for lane, (v, x) in enumerate(zip(valid, src_data))]
-        is_eq = [wire(m, v & (x == pivot), f"is_eq{lane}") for lane, (v, x) in enumerate(zip(valid, src_data))]
-        is_lt = [wire(m, v & (x < pivot), f"is_lt{lane}") for lane, (v, x) in enumerate(zip(valid, src_data))]
-        gt_min = masked_reduce(m, is_gt, src_data, lambda a, b: a < b, fmt.max, "gt_min")
-        lt_max = masked_reduce(m, is_lt, src_data, lambda a, b: a > b, fmt.min, "lt_max")
+        # Partition datapath: the incoming chunk while loading (the first round rides along with the
+        # load, pivoting on the run's first score), else the row in stage 1 of a selection round.
+        loading = Signal()
+        partitioning = Signal()
+        part_data = [wire(m, Mux(loading, load_lanes[lane], src_data[lane]), f"part_data{lane}")
+                     for lane in range(p)]
+        valid = [wire(m, Mux(loading, load_flags[lane], s1_valid & lane_valid(s1_row, src_rows, src_last, lane)),
+                      f"part_valid{lane}") for lane in range(p)]
+        first_pivot = loading & (in_rows == 0)
+        pivot_now = wire(m, Mux(first_pivot, load_lanes[0], pivot), "pivot_now")
+        is_gt = [wire(m, v & (x > pivot_now), f"is_gt{lane}") for lane, (v, x) in enumerate(zip(valid, part_data))]
+        is_eq = [wire(m, v & (x == pivot_now), f"is_eq{lane}") for lane, (v, x) in enumerate(zip(valid, part_data))]
+        is_lt = [wire(m, v & (x < pivot_now), f"is_lt{lane}") for lane, (v, x) in enumerate(zip(valid, part_data))]
+        gt_min = masked_reduce(m, is_gt, part_data, lambda a, b: a < b, fmt.max, "gt_min")
+        lt_max = masked_reduce(m, is_lt, part_data, lambda a, b: a > b, fmt.min, "lt_max")
         eq_added = popcount(m, is_eq, "eq_added")
 
         def append(side, flags, dst, name):
@@ -202,7 +211,7 @@ class TopKEngine(wiring.Component):
                 wraps = wire(m, bank < side.lane, f"{name}_wraps{bank}")
                 slot = wire(m, Mux(wraps, bank + p - side.lane, bank - side.lane)[:lane_shape.width],
                             f"{name}_slot{bank}")
-                value = wire(m, compact(flags, src_data, ranks, slot), f"{name}_value{bank}",
+                value = wire(m, compact(flags, part_data, ranks, slot), f"{name}_value{bank}",
                              score_shape)
                 for j in range(3):
                     port = bufs[j].write[bank]
@@ -234,9 +243,43 @@ class TopKEngine(wiring.Component):
         e_index = [wire(m, (row_base + lane)[:cfg.index_bits], f"emit_index{lane}") for lane in range(p)]
         e_last = wire(m, emitted + e_count == k_total, "emit_last")
 
-        def start_set(rows, last, count, set_rank, low, high, source):
-            m.d.sync += [src_rows.eq(rows), src_last.eq(last), set_count.eq(count),
-                         rank.eq(set_rank), lo.eq(low), hi.eq(high), src.eq(source)]
+
+        def start_round(source_is):
+            """Clear the round's accumulators; the destinations are the buffers other than the source."""
+            m.d.sync += [
+                gt.row.eq(0), gt.lane.eq(0), gt.count.eq(0), gt.bound.eq(fmt.max),
+                lt.row.eq(0), lt.lane.eq(0), lt.count.eq(0), lt.bound.eq(fmt.min),
+                eq_count.eq(0),
+                gt_dst.eq(Mux(source_is == 0, 1, 0)), lt_dst.eq(Mux(source_is == 2, 1, 2)),
+            ]
+
+        def go_on(side, set_rank, low, high, source):
+            """Make ``side`` the candidate set: finish when its k-th value is known, else bisect it."""
+            with m.If(k_total == 0):
+                m.next = "EMPTY"
+            with m.Elif((low == high) | (set_rank == side.count)):
+                m.d.sync += [kth.eq(low), eq_quota.eq(set_rank)]
+                m.next = "EMIT"
+            with m.Elif(set_rank == 1):
+                m.d.sync += [kth.eq(high), eq_quota.eq(set_rank)]
+                m.next = "EMIT"
+            with m.Else():
+                m.d.sync += [
+                    src_rows.eq(side.row + (side.lane != 0)), src_last.eq(Mux(side.lane == 0, p, side.lane)),
+                    rank.eq(set_rank), lo.eq(low), hi.eq(high), src.eq(source),
+                    pivot.eq(((low + high) >> 1)[:cfg.score_bits]),
+                ]
+                start_round(source)
+                m.next = "ROUND"
+
+        with m.If(partitioning):
+            append(gt, is_gt, gt_dst, "gt")
+            append(lt, is_lt, lt_dst, "lt")
+            m.d.sync += [
+                eq_count.eq(eq_count + eq_added),
+                gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
+                lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
+            ]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -244,11 +287,12 @@ class TopKEngine(wiring.Component):
                 with m.If(self.cmd.valid):
                     n, k = self.cmd.payload.n, self.cmd.payload.k
                     m.d.sync += [
-                        k_total.eq(Mux(k > n, n, k)),
+                        k_total.eq(Mux(k > n, n, k)), rank.eq(Mux(k > n, n, k)),
                         load_left.eq(n), chunk.eq(0), in_rows.eq(0),
                         lo.eq(fmt.max), hi.eq(fmt.min),
                         eq_taken.eq(0), emitted.eq(0),
                     ]
+                    start_round(INPUT)
                     with m.If(n == 0):
                         m.next = "EMPTY"
                     with m.Else():
@@ -259,6 +303,9 @@ class TopKEngine(wiring.Component):
                 final_chunk = load_left <= p
                 m.d.comb += self.scores.ready.eq(final_chunk | (chunk == chunks - 1))
                 with m.If(self.scores.valid):
+                    m.d.comb += [loading.eq(1), partitioning.eq(1)]
+                    with m.If(first_pivot):
+                        m.d.sync += pivot.eq(load_lanes[0])
                     for lane in range(p):
                         port = bufs[INPUT].write[lane]
                         m.d.comb += [port.en.eq(load_flags[lane]), port.addr.eq(in_rows),
@@ -271,65 +318,30 @@ class TopKEngine(wiring.Component):
                         hi.eq(Mux(load_max > hi, load_max, hi)),
                     ]
                     with m.If(final_chunk):
-                        m.d.sync += [
-                            in_last.eq(load_left), src_rows.eq(in_rows + 1), src_last.eq(load_left),
-                            set_count.eq(in_rows * p + load_left),
-                            rank.eq(k_total), src.eq(INPUT),
-                        ]
-                        m.next = "CHECK"
-
-            with m.State("CHECK"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
-                with m.If(k_total == 0):
-                    m.next = "EMPTY"
-                with m.Elif((lo == hi) | (rank == set_count)):
-                    m.d.sync += [kth.eq(lo), eq_quota.eq(rank)]
-                    m.next = "EMIT"
-                with m.Elif(rank == 1):
-                    m.d.sync += [kth.eq(hi), eq_quota.eq(rank)]
-                    m.next = "EMIT"
-                with m.Else():
-                    m.d.sync += [
-                        pivot.eq(((lo + hi) >> 1)[:cfg.score_bits]),
-                        gt.row.eq(0), gt.lane.eq(0), gt.count.eq(0), gt.bound.eq(fmt.max),
-                        lt.row.eq(0), lt.lane.eq(0), lt.count.eq(0), lt.bound.eq(fmt.min),
-                        eq_count.eq(0),
-                    ]
-                    # The destinations are the two candidate buffers that are not the source.
-                    m.d.sync += [gt_dst.eq(Mux(src == 0, 1, 0)), lt_dst.eq(Mux(src == 2, 1, 2))]
-                    m.next = "ROUND"
+                        m.d.sync += [in_last.eq(load_left), src.eq(INPUT)]
+                        m.next = "DECIDE"
 
             with m.State("ROUND"):
-                m.d.comb += self.busy.eq(1)
+                m.d.comb += [self.busy.eq(1), partitioning.eq(1)]
                 with m.If(rd_row != src_rows):
                     m.d.comb += rd_en.eq(1)
                     m.d.sync += [s1_valid.eq(1), s1_row.eq(rd_row), rd_row.eq(rd_row + 1)]
                 with m.Else():
                     m.d.sync += s1_valid.eq(0)
                     m.next = "DECIDE"
-                append(gt, is_gt, gt_dst, "gt")
-                append(lt, is_lt, lt_dst, "lt")
-                m.d.sync += [
-                    eq_count.eq(eq_count + eq_added),
-                    gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
-                    lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
-                ]
 
             with m.State("DECIDE"):
+                # Keep the side that holds the k-th value and, in the same cycle, either finish
+                # selection on it or start the next round.
                 m.d.comb += self.busy.eq(1)
+                m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
                 with m.If(gt.count >= rank):
-                    start_set(gt.row + (gt.lane != 0), Mux(gt.lane == 0, p, gt.lane), gt.count,
-                              rank, gt.bound, hi, gt_dst)
-                    m.next = "CHECK"
+                    go_on(gt, rank, gt.bound, hi, gt_dst)
                 with m.Elif(gt.count + eq_count >= rank):
                     m.d.sync += [kth.eq(pivot), eq_quota.eq(rank - gt.count)]
                     m.next = "EMIT"
                 with m.Else():
-                    start_set(lt.row + (lt.lane != 0), Mux(lt.lane == 0, p, lt.lane), lt.count,
-                              rank - gt.count - eq_count, lo, lt.bound, lt_dst)
-                    m.next = "CHECK"
-                m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
+                    go_on(lt, rank - gt.count - eq_count, lo, lt.bound, lt_dst)
 
             with m.State("EMIT"):
                 m.d.comb += self.busy.eq(1)
