@@ -157,9 +157,8 @@ class TopKEngine(wiring.Component):
 
         # Outcome of selection, used by the emit pass.
         kth = Signal(score_shape)
-        eq_quota = Signal(count_shape)       # how many scores equal to kth are kept, earliest first
-        eq_taken = Signal(count_shape)
-        emitted = Signal(count_shape)
+        eq_left = Signal(count_shape)        # scores equal to kth still to keep, earliest first
+        to_emit = Signal(count_shape)         # kept indices not yet sent
 
         # Read pipeline: one row address for every bank, data one cycle later.
         rd_row = Signal(row_shape)
@@ -234,14 +233,14 @@ class TopKEngine(wiring.Component):
                    for lane in range(p)]
         e_eq = [wire(m, v & (x == kth), f"emit_eq{lane}") for lane, (v, x) in enumerate(zip(e_valid, in_data))]
         e_eq_rank = exclusive_prefix_counts(m, e_eq, "emit_eq_rank")
-        e_keep = [wire(m, v & ((x > kth) | (eq & (eq_taken + r < eq_quota))), f"emit_keep{lane}")
+        e_keep = [wire(m, v & ((x > kth) | (eq & (r < eq_left))), f"emit_keep{lane}")
                   for lane, (v, x, eq, r) in enumerate(zip(e_valid, in_data, e_eq, e_eq_rank))]
         e_keep_eq = popcount(m, [keep & eq for keep, eq in zip(e_keep, e_eq)], "emit_keep_eq")
         e_count = popcount(m, e_keep, "emit_count")
         e_ranks = exclusive_prefix_counts(m, e_keep, "emit_rank")
         row_base = wire(m, s1_row * p, "row_base", unsigned(cfg.index_bits + bits_for(p)))
         e_index = [wire(m, (row_base + lane)[:cfg.index_bits], f"emit_index{lane}") for lane in range(p)]
-        e_last = wire(m, emitted + e_count == k_total, "emit_last")
+        e_last = wire(m, e_count == to_emit, "emit_last")
 
 
         def start_round(source_is):
@@ -258,10 +257,10 @@ class TopKEngine(wiring.Component):
             with m.If(k_total == 0):
                 m.next = "EMPTY"
             with m.Elif((low == high) | (set_rank == side.count)):
-                m.d.sync += [kth.eq(low), eq_quota.eq(set_rank)]
+                m.d.sync += [kth.eq(low), eq_left.eq(set_rank)]
                 m.next = "EMIT"
             with m.Elif(set_rank == 1):
-                m.d.sync += [kth.eq(high), eq_quota.eq(set_rank)]
+                m.d.sync += [kth.eq(high), eq_left.eq(set_rank)]
                 m.next = "EMIT"
             with m.Else():
                 m.d.sync += [
@@ -290,7 +289,7 @@ class TopKEngine(wiring.Component):
                         k_total.eq(Mux(k > n, n, k)), rank.eq(Mux(k > n, n, k)),
                         load_left.eq(n), chunk.eq(0), in_rows.eq(0),
                         lo.eq(fmt.max), hi.eq(fmt.min),
-                        eq_taken.eq(0), emitted.eq(0),
+                        to_emit.eq(Mux(k > n, n, k)),
                     ]
                     start_round(INPUT)
                     with m.If(n == 0):
@@ -338,7 +337,7 @@ class TopKEngine(wiring.Component):
                 with m.If(gt.count >= rank):
                     go_on(gt, rank, gt.bound, hi, gt_dst)
                 with m.Elif(gt.count + eq_count >= rank):
-                    m.d.sync += [kth.eq(pivot), eq_quota.eq(rank - gt.count)]
+                    m.d.sync += [kth.eq(pivot), eq_left.eq(rank - gt.count)]
                     m.next = "EMIT"
                 with m.Else():
                     go_on(lt, rank - gt.count - eq_count, lo, lt.bound, lt_dst)
@@ -359,8 +358,8 @@ class TopKEngine(wiring.Component):
                     m.d.comb += rd_en.eq(1)
                     m.d.sync += [
                         s1_valid.eq(rd_row != in_rows), s1_row.eq(rd_row), rd_row.eq(rd_row + 1),
-                        eq_taken.eq(eq_taken + e_keep_eq),
-                        emitted.eq(emitted + e_count),
+                        eq_left.eq(eq_left - e_keep_eq),
+                        to_emit.eq(to_emit - e_count),
                     ]
                     with m.If(s1_valid & e_last):
                         m.d.sync += s1_valid.eq(0)
