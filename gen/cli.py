@@ -1,6 +1,7 @@
 """The ``spattn`` command: generate Verilog, build bitstreams, run benchmarks and evaluations."""
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -45,11 +46,12 @@ def _bitstream(args):
     print(f"report written to {report_path}")
 
 
-def _forward(module, attribute="main"):
-    def run(args):
-        import importlib
-        getattr(importlib.import_module(module), attribute)(args.rest)
-    return run
+#: Commands handled by another module's ``main(argv)``, which parses its own options.
+FORWARDED = {
+    "bench": ("spattn.sim.bench", "measure cycles on the generated RTL (spattn bench topk)"),
+    "eval": ("spattn.sim.eval", "fidelity and memory-traffic report of the pruning algorithm"),
+    "vectors": ("spattn.sim.vectors", "dump real MiniLM Q/K/V test vectors"),
+}
 
 
 def main(argv=None):
@@ -76,15 +78,13 @@ def main(argv=None):
     bitstream.add_argument("-o", "--output", default="build/fpga", help="build directory")
     bitstream.set_defaults(run=_bitstream)
 
-    for name, module, text in [
-        ("bench", "spattn.sim.bench", "measure cycles on the generated RTL (spattn bench topk)"),
-        ("eval", "spattn.sim.eval", "fidelity and memory-traffic report of the pruning algorithm"),
-        ("vectors", "spattn.sim.vectors", "dump real MiniLM Q/K/V test vectors"),
-    ]:
-        sub = commands.add_parser(name, help=text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(run=_forward(module))
+    for name, (_, text) in FORWARDED.items():
+        commands.add_parser(name, help=text)
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        module = importlib.import_module(FORWARDED[argv[0]][0])
+        return module.main(argv[1:]) or 0
     args = parser.parse_args(argv)
     try:
         args.run(args)
