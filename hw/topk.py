@@ -79,7 +79,7 @@ class TopKEngine(wiring.Component):
       compaction) into two other buffers while their counts and the missing bound (minimum of the
       greater side, maximum of the smaller side) are tracked. Only the side holding the k-th
       largest value goes on. Later rounds read the candidates back from their buffer and pivot on
-      ``floor((min + max) / 2)``; a round of c candidates takes ``ceil(c / P) + 2`` cycles.
+      ``floor((min + max) / 2)``; a round of c candidates takes ``ceil(c / P) + 3`` cycles.
       Selection stops as soon as the k-th value is known: it equals the pivot, the set holds one
       value, or k selects the set's minimum or maximum. The value range halves in every round
       after the first, so there are at most ``score_bits`` of them, whatever the input order.
@@ -89,7 +89,7 @@ class TopKEngine(wiring.Component):
       ends at the beat holding the k-th kept index.
 
     Cycles from command to last beat, without stalls, are at most
-    ``1 + R + 1 + score_bits * (R + 2) + R + 2`` (:meth:`worst_case_cycles`); on random scores
+    ``1 + R + 2 + score_bits * (R + 3) + R + 2`` (:meth:`worst_case_cycles`); on random scores
     about ``3.3 R`` (``spattn bench topk`` measures it).
     """
 
@@ -106,7 +106,7 @@ class TopKEngine(wiring.Component):
     def worst_case_cycles(cfg: AccelConfig, n):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
-        return 1 + rows + 1 + cfg.score_bits * (rows + 2) + rows + 2
+        return 1 + rows + 2 + cfg.score_bits * (rows + 3) + rows + 2
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -184,22 +184,37 @@ class TopKEngine(wiring.Component):
         load_min = masked_reduce(m, load_flags, load_lanes, lambda a, b: a < b, fmt.max, "load_min")
         load_max = masked_reduce(m, load_flags, load_lanes, lambda a, b: a > b, fmt.min, "load_max")
 
-        # Partition datapath: the incoming chunk while loading (the first round rides along with the
-        # load, pivoting on the run's first score), else the row in stage 1 of a selection round.
-        loading = Signal()
-        partitioning = Signal()
-        part_data = [wire(m, Mux(loading, load_lanes[lane], src_data[lane]), f"part_data{lane}")
+        # Partition datapath, in two stages. Stage 1 compares with the pivot: the incoming chunk
+        # while loading (the first round rides along with the load, pivoting on the run's first
+        # score), else the row a selection round read. Stage 2, a cycle later, packs the flagged
+        # lanes into their buffers and tracks counts and bounds; the register between them keeps
+        # the handshake and the buffer read out of the packing network's timing path.
+        load_phase = Signal()                # in LOAD: the state register, not the handshake
+        fire = Signal()                      # stage 1 holds a row or chunk this cycle
+        part_data = [wire(m, Mux(load_phase, load_lanes[lane], src_data[lane]), f"part_data{lane}")
                      for lane in range(p)]
-        valid = [wire(m, Mux(loading, load_flags[lane], s1_valid & lane_valid(s1_row, src_rows, src_last, lane)),
+        valid = [wire(m, Mux(load_phase, load_flags[lane], lane_valid(s1_row, src_rows, src_last, lane)),
                       f"part_valid{lane}") for lane in range(p)]
-        first_pivot = loading & (in_rows == 0)
+        first_pivot = load_phase & (in_rows == 0)
         pivot_now = wire(m, Mux(first_pivot, load_lanes[0], pivot), "pivot_now")
-        is_gt = [wire(m, v & (x > pivot_now), f"is_gt{lane}") for lane, (v, x) in enumerate(zip(valid, part_data))]
-        is_eq = [wire(m, v & (x == pivot_now), f"is_eq{lane}") for lane, (v, x) in enumerate(zip(valid, part_data))]
-        is_lt = [wire(m, v & (x < pivot_now), f"is_lt{lane}") for lane, (v, x) in enumerate(zip(valid, part_data))]
-        gt_min = masked_reduce(m, is_gt, part_data, lambda a, b: a < b, fmt.max, "gt_min")
-        lt_max = masked_reduce(m, is_lt, part_data, lambda a, b: a > b, fmt.min, "lt_max")
-        eq_added = popcount(m, is_eq, "eq_added")
+        s2_valid = Signal()
+        s2_data = [Signal(score_shape, name=f"s2_data{lane}") for lane in range(p)]
+        is_gt = [Signal(name=f"is_gt{lane}") for lane in range(p)]
+        is_lt = [Signal(name=f"is_lt{lane}") for lane in range(p)]
+        eq_added = Signal(lane_shape)
+        m.d.sync += [
+            s2_valid.eq(fire),
+            eq_added.eq(Mux(fire, popcount(m, [v & (x == pivot_now) for v, x in zip(valid, part_data)],
+                                           "eq_flags"), 0)),
+        ]
+        for lane in range(p):
+            m.d.sync += [
+                s2_data[lane].eq(part_data[lane]),
+                is_gt[lane].eq(fire & valid[lane] & (part_data[lane] > pivot_now)),
+                is_lt[lane].eq(fire & valid[lane] & (part_data[lane] < pivot_now)),
+            ]
+        gt_min = masked_reduce(m, is_gt, s2_data, lambda a, b: a < b, fmt.max, "gt_min")
+        lt_max = masked_reduce(m, is_lt, s2_data, lambda a, b: a > b, fmt.min, "lt_max")
 
         def append(side, flags, dst, name):
             """Pack the flagged lanes onto the end of buffer ``dst``; update the side's counters."""
@@ -210,7 +225,7 @@ class TopKEngine(wiring.Component):
                 wraps = wire(m, bank < side.lane, f"{name}_wraps{bank}")
                 slot = wire(m, Mux(wraps, bank + p - side.lane, bank - side.lane)[:lane_shape.width],
                             f"{name}_slot{bank}")
-                value = wire(m, compact(flags, part_data, ranks, slot), f"{name}_value{bank}",
+                value = wire(m, compact(flags, s2_data, ranks, slot), f"{name}_value{bank}",
                              score_shape)
                 for j in range(3):
                     port = bufs[j].write[bank]
@@ -271,14 +286,14 @@ class TopKEngine(wiring.Component):
                 start_round(source)
                 m.next = "ROUND"
 
-        with m.If(partitioning):
-            append(gt, is_gt, gt_dst, "gt")
-            append(lt, is_lt, lt_dst, "lt")
-            m.d.sync += [
-                eq_count.eq(eq_count + eq_added),
-                gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
-                lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
-            ]
+        # Stage 2 runs every cycle: with no flag set it writes nothing and changes nothing.
+        append(gt, is_gt, gt_dst, "gt")
+        append(lt, is_lt, lt_dst, "lt")
+        m.d.sync += [
+            eq_count.eq(eq_count + eq_added),
+            gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
+            lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
+        ]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -295,6 +310,7 @@ class TopKEngine(wiring.Component):
                     with m.If(n == 0):
                         m.next = "EMPTY"
                     with m.Else():
+                        m.d.sync += load_phase.eq(1)
                         m.next = "LOAD"
 
             with m.State("LOAD"):
@@ -302,7 +318,7 @@ class TopKEngine(wiring.Component):
                 final_chunk = load_left <= p
                 m.d.comb += self.scores.ready.eq(final_chunk | (chunk == chunks - 1))
                 with m.If(self.scores.valid):
-                    m.d.comb += [loading.eq(1), partitioning.eq(1)]
+                    m.d.comb += fire.eq(1)
                     with m.If(first_pivot):
                         m.d.sync += pivot.eq(load_lanes[0])
                     for lane in range(p):
@@ -317,11 +333,11 @@ class TopKEngine(wiring.Component):
                         hi.eq(Mux(load_max > hi, load_max, hi)),
                     ]
                     with m.If(final_chunk):
-                        m.d.sync += [in_last.eq(load_left), src.eq(INPUT)]
+                        m.d.sync += [in_last.eq(load_left), src.eq(INPUT), load_phase.eq(0)]
                         m.next = "DECIDE"
 
             with m.State("ROUND"):
-                m.d.comb += [self.busy.eq(1), partitioning.eq(1)]
+                m.d.comb += [self.busy.eq(1), fire.eq(s1_valid)]
                 with m.If(rd_row != src_rows):
                     m.d.comb += rd_en.eq(1)
                     m.d.sync += [s1_valid.eq(1), s1_row.eq(rd_row), rd_row.eq(rd_row + 1)]
@@ -334,7 +350,9 @@ class TopKEngine(wiring.Component):
                 # selection on it or start the next round.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
-                with m.If(gt.count >= rank):
+                with m.If(s2_valid):
+                    pass  # the last row is still in stage 2: its counts are ready next cycle
+                with m.Elif(gt.count >= rank):
                     go_on(gt, rank, gt.bound, hi, gt_dst)
                 with m.Elif(gt.count + eq_count >= rank):
                     m.d.sync += [kth.eq(pivot), eq_left.eq(rank - gt.count)]
