@@ -85,11 +85,11 @@ class TopKEngine(wiring.Component):
       after the first, so there are at most ``score_bits`` of them, whatever the input order.
     * Emit: the input buffer is read once more in order and a lane is kept when its score is
       above the k-th value, or equal to it and among the first ones still needed; kept lanes are
-      packed to the front of the beat. At most R + 2 cycles, plus the consumer's stalls; the pass
-      ends at the beat holding the k-th kept index.
+      packed to the front of the beat, which leaves through a register slice. At most R + 3
+      cycles, plus the consumer's stalls; the pass ends at the beat holding the k-th kept index.
 
     Cycles from command to last beat, without stalls, are at most
-    ``1 + R + 2 + score_bits * (R + 3) + R + 2`` (:meth:`worst_case_cycles`); on random scores
+    ``1 + R + 2 + score_bits * (R + 3) + R + 3`` (:meth:`worst_case_cycles`); on random scores
     about ``3.3 R`` (``spattn bench topk`` measures it).
     """
 
@@ -106,7 +106,7 @@ class TopKEngine(wiring.Component):
     def worst_case_cycles(cfg: AccelConfig, n):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
-        return 1 + rows + 2 + cfg.score_bits * (rows + 3) + rows + 2
+        return 1 + rows + 2 + cfg.score_bits * (rows + 3) + rows + 3
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -242,7 +242,8 @@ class TopKEngine(wiring.Component):
                 m.d.sync += side.lane.eq(fill)
             m.d.sync += side.count.eq(side.count + added)
 
-        # Emit datapath on the row in stage 1 (input buffer).
+        # Emit datapath on the row in stage 1 (input buffer), into the output register slice.
+        beat = stream.Signature(topk_indices_layout(cfg)).create(path=("beat",))
         in_data = [buf_port.data for buf_port in bufs[INPUT].read]
         e_valid = [wire(m, s1_valid & lane_valid(s1_row, in_rows, in_last, lane), f"emit_valid{lane}")
                    for lane in range(p)]
@@ -362,16 +363,15 @@ class TopKEngine(wiring.Component):
 
             with m.State("EMIT"):
                 m.d.comb += self.busy.eq(1)
-                out = self.indices
                 for slot in range(p):
-                    m.d.comb += out.payload.index[slot].eq(compact(e_keep, e_index, e_ranks, slot))
+                    m.d.comb += beat.payload.index[slot].eq(compact(e_keep, e_index, e_ranks, slot))
                 m.d.comb += [
-                    out.payload.count.eq(e_count),
-                    out.payload.last.eq(e_last),
-                    out.valid.eq(s1_valid & ((e_count != 0) | e_last)),
+                    beat.payload.count.eq(e_count),
+                    beat.payload.last.eq(e_last),
+                    beat.valid.eq(s1_valid & ((e_count != 0) | e_last)),
                 ]
                 # Stage 1 moves on when empty, when its row keeps nothing, or when its beat is taken.
-                advance = ~s1_valid | ((e_count == 0) & ~e_last) | out.ready
+                advance = ~s1_valid | ((e_count == 0) & ~e_last) | beat.ready
                 with m.If(advance):
                     m.d.comb += rd_en.eq(1)
                     m.d.sync += [
@@ -392,8 +392,17 @@ class TopKEngine(wiring.Component):
                         m.d.sync += [load_left.eq(Mux(load_left <= p, 0, load_left - p)),
                                      chunk.eq(Mux(self.scores.ready, 0, chunk + 1))]
                 with m.Else():
-                    m.d.comb += [self.indices.valid.eq(1), self.indices.payload.last.eq(1)]
-                    with m.If(self.indices.ready):
+                    m.d.comb += [beat.valid.eq(1), beat.payload.last.eq(1)]
+                    with m.If(beat.ready):
                         m.next = "IDLE"
+
+        # Output register slice: the consumer sees registered beats, so the emit network does not
+        # run into its logic; the engine may take the next command while the last beat waits.
+        out = self.indices
+        m.d.comb += beat.ready.eq(~out.valid | out.ready)
+        with m.If(beat.ready):
+            m.d.sync += [out.valid.eq(beat.valid), out.payload.eq(beat.payload)]
+        with m.If(out.valid):
+            m.d.comb += self.busy.eq(1)
 
         return m
