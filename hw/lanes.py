@@ -20,24 +20,40 @@ def wire(m, value, name, shape=None):
     return signal
 
 
+def _inclusive_prefix_sums(m, flags, name):
+    """Kogge-Stone prefix sums of 1-bit ``flags``: ``log2(P)`` adder levels instead of P in series."""
+    shape = unsigned(bits_for(len(flags)))
+    sums = [wire(m, flag, f"{name}_l0_{lane}", shape) for lane, flag in enumerate(flags)]
+    distance, level = 1, 0
+    while distance < len(flags):
+        level += 1
+        sums = [wire(m, (total + sums[lane - distance])[:shape.width], f"{name}_l{level}_{lane}", shape)
+                if lane >= distance else total
+                for lane, total in enumerate(sums)]
+        distance *= 2
+    return sums
+
+
 def popcount(m, flags, name):
-    """Number of set bits among the 1-bit values ``flags``."""
-    width = bits_for(len(flags))
-    total = Const(0, unsigned(width))
-    for flag in flags:
-        total = total + flag
-    return wire(m, total[:width], name)
+    """Number of set bits among the 1-bit values ``flags``, by a balanced adder tree."""
+    shape = unsigned(bits_for(len(flags)))
+    level = [Value.cast(flag) for flag in flags]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        paired = [wire(m, (a + b)[:shape.width], f"{name}_l{depth}_{i}", shape)
+                  for i, (a, b) in enumerate(zip(level[0::2], level[1::2]))]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return wire(m, level[0], name, shape)
 
 
 def exclusive_prefix_counts(m, flags, name):
     """``[popcount(flags[:i]) for i in range(len(flags))]``: the rank of each lane among set lanes."""
     shape = unsigned(bits_for(len(flags)))
-    ranks, running = [], Const(0, shape)
-    for lane, flag in enumerate(flags):
-        running = wire(m, running, f"{name}{lane}", shape)
-        ranks.append(running)
-        running = running + flag
-    return ranks
+    inclusive = _inclusive_prefix_sums(m, flags, name)
+    return [Const(0, shape)] + inclusive[:-1]
 
 
 def compact(flags, values, ranks, slot):
