@@ -181,8 +181,6 @@ class TopKEngine(wiring.Component):
                 choice = Mux(chunk == c, self.scores.payload[c * p + lane], choice)
             m.d.comb += load_lanes[lane].eq(choice)
         load_flags = [wire(m, Const(lane, lane_shape) < load_left, f"load_valid{lane}") for lane in range(p)]
-        load_min = masked_reduce(m, load_flags, load_lanes, lambda a, b: a < b, fmt.max, "load_min")
-        load_max = masked_reduce(m, load_flags, load_lanes, lambda a, b: a > b, fmt.min, "load_max")
 
         # Partition datapath, in two stages. Stage 1 compares with the pivot: the incoming chunk
         # while loading (the first round rides along with the load, pivoting on the run's first
@@ -201,6 +199,7 @@ class TopKEngine(wiring.Component):
         s2_data = [Signal(score_shape, name=f"s2_data{lane}") for lane in range(p)]
         is_gt = [Signal(name=f"is_gt{lane}") for lane in range(p)]
         is_lt = [Signal(name=f"is_lt{lane}") for lane in range(p)]
+        is_loaded = [Signal(name=f"is_loaded{lane}") for lane in range(p)]
         eq_added = Signal(lane_shape)
         m.d.sync += [
             s2_valid.eq(fire),
@@ -212,9 +211,13 @@ class TopKEngine(wiring.Component):
                 s2_data[lane].eq(part_data[lane]),
                 is_gt[lane].eq(fire & valid[lane] & (part_data[lane] > pivot_now)),
                 is_lt[lane].eq(fire & valid[lane] & (part_data[lane] < pivot_now)),
+                is_loaded[lane].eq(fire & load_phase & valid[lane]),
             ]
         gt_min = masked_reduce(m, is_gt, s2_data, lambda a, b: a < b, fmt.max, "gt_min")
         lt_max = masked_reduce(m, is_lt, s2_data, lambda a, b: a > b, fmt.min, "lt_max")
+        # The range of the whole input, tracked in stage 2 while loading.
+        load_min = masked_reduce(m, is_loaded, s2_data, lambda a, b: a < b, fmt.max, "load_min")
+        load_max = masked_reduce(m, is_loaded, s2_data, lambda a, b: a > b, fmt.min, "load_max")
 
         def append(side, flags, dst, name):
             """Pack the flagged lanes onto the end of buffer ``dst``; update the side's counters."""
@@ -294,6 +297,8 @@ class TopKEngine(wiring.Component):
             eq_count.eq(eq_count + eq_added),
             gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
             lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
+            lo.eq(Mux(load_min < lo, load_min, lo)),
+            hi.eq(Mux(load_max > hi, load_max, hi)),
         ]
 
         with m.FSM():
@@ -330,8 +335,6 @@ class TopKEngine(wiring.Component):
                         in_rows.eq(in_rows + 1),
                         load_left.eq(Mux(final_chunk, 0, load_left - p)),
                         chunk.eq(Mux(self.scores.ready, 0, chunk + 1)),
-                        lo.eq(Mux(load_min < lo, load_min, lo)),
-                        hi.eq(Mux(load_max > hi, load_max, hi)),
                     ]
                     with m.If(final_chunk):
                         m.d.sync += [in_last.eq(load_left), src.eq(INPUT), load_phase.eq(0)]
