@@ -1,5 +1,6 @@
 """Verilog generation: one block of the accelerator, its Verilog and a JSON manifest."""
 
+import functools
 import json
 import time
 from importlib.metadata import version
@@ -10,6 +11,7 @@ from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
 from spattn.config import AccelConfig
+from spattn.hw.pe_array import PE_ARRAY_VARIANTS, PEArray
 from spattn.hw.topk import TopKEngine
 
 __all__ = ["BLOCKS", "top_name", "port_list", "generate"]
@@ -17,6 +19,8 @@ __all__ = ["BLOCKS", "top_name", "port_list", "generate"]
 #: Blocks that can be generated on their own, by name.
 BLOCKS = {
     "topk": TopKEngine,
+    # The PE array in each of its generation-time variants (dataflow, tile, overflow rule).
+    **{name: functools.partial(PEArray, **params) for name, params in PE_ARRAY_VARIANTS.items()},
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from spattn.config import preset
 from spattn.sim.runner import run_bench
 
-__all__ = ["bench_topk", "main"]
+__all__ = ["bench_topk", "bench_pe_array", "main"]
 
 TOPK_SIZES = (16, 64, 256, 1024)
 TOPK_RATIOS = (0.1, 0.5, 0.9)
@@ -59,11 +59,94 @@ def format_topk(rows, simulator, trials, seconds):
     return "\n".join(lines) + "\n"
 
 
+PE_SHAPES = ((64, 32, 64), (128, 32, 128), (128, 64, 128))
+PE_SPARSITIES = (0.0, 0.5, 0.9)
+PE_BLOCKS = ("pe_array", "pe_array_ws")
+
+
+def bench_pe_array(out_dir="reports", simulator="verilator", shapes=PE_SHAPES, sparsities=PE_SPARSITIES,
+                   blocks=PE_BLOCKS, pnr=True, build_root="build"):
+    """Cycles and utilization of the PE array (default preset) per dataflow, shape and activation
+    sparsity, next to the ideal ``M*K*N / (R*C)``; with ``pnr``, Fmax and resources of each dataflow
+    from an out-of-context nextpnr run on the ULX3S-85F. Returns ``(rows, implementations)``."""
+    from spattn.gen.synth import place_and_route_ecp5, synthesize
+    from spattn.hw.pe_array import PE_ARRAY_VARIANTS
+    from spattn.sim.golden.matmul import ideal_cycles
+
+    cfg = preset("default")
+    rows, impls = [], []
+    started = time.monotonic()
+    sweep = [[m, k, n, s] for m, k, n in shapes for s in sparsities]
+    for block in blocks:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "sweep.jsonl"
+            run_bench(block, cfg, "spattn.sim.benches.pe_array_cycles", simulator=simulator,
+                      build_root=str(Path(build_root) / "sim"),
+                      extra_env={"SPATTN_PE_SWEEP": json.dumps(sweep), "SPATTN_BENCH_OUT": str(out)})
+            for line in out.read_text().splitlines():
+                row = json.loads(line)
+                row.update(block=block, dataflow=PE_ARRAY_VARIANTS[block]["dataflow"],
+                           ideal=ideal_cycles(row["m"], row["k"], row["n"], cfg),
+                           utilization=row["macs"] / (cfg.pe_rows * cfg.pe_cols * row["busy_cycles"]))
+                rows.append(row)
+    sim_seconds = time.monotonic() - started
+    if pnr:
+        for block in blocks:
+            synth = synthesize(block, cfg, "ecp5", Path(build_root) / "synth" / f"{block}-{cfg.name}")
+            placed = place_and_route_ecp5(synth, cfg.clock_mhz)
+            impls.append({"block": block, "dataflow": PE_ARRAY_VARIANTS[block]["dataflow"],
+                          "synth_seconds": synth.seconds, **dataclasses.asdict(placed)})
+    table = format_pe_array(rows, impls, cfg, simulator, sim_seconds)
+    print(table)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "pe_array.md").write_text(table)
+    (out_dir / "pe_array.json").write_text(json.dumps({"runs": rows, "implementations": impls},
+                                                      indent=1) + "\n")
+    return rows, impls
+
+
+def format_pe_array(rows, impls, cfg, simulator, seconds):
+    lines = [
+        f"PE array, preset {cfg.name}: {cfg.pe_rows} x {cfg.pe_cols} MACs, {cfg.act_bits}-bit operands, "
+        f"{cfg.acc_bits}-bit accumulators, activation tiles of {cfg.pe_rows} A values (OS: a column "
+        f"segment, WS: a row segment). A and B uniform random, "
+        f"threshold = the |A| quantile of the target sparsity; streams never stalled ({simulator}, "
+        f"{seconds:.0f} s wall). Busy = compute phase (end of loading to last result beat); "
+        "utilization = MACs performed / (R x C x busy cycles); total = command to last result beat.",
+        "",
+        "| dataflow | M x K x N | A sparsity | skipped tile passes | total cycles | load cycles | "
+        "busy cycles | ideal M·K·N/(R·C) | busy / ideal | utilization |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['dataflow']} | {r['m']} x {r['k']} x {r['n']} | {100 * r['sparsity']:.0f}% | "
+                     f"{r['skipped_tiles']} | {r['cycles']} | {r['load_cycles']} | {r['busy_cycles']} | "
+                     f"{r['ideal']:.0f} | {r['busy_cycles'] / r['ideal']:.2f} | "
+                     f"{100 * r['utilization']:.1f}% |")
+    if impls:
+        lines += [
+            "",
+            f"Out-of-context place and route on the ULX3S-85F (nextpnr-ecp5, target {cfg.clock_mhz} MHz):",
+            "",
+            "| dataflow | Fmax (MHz) | LUTs | registers | DSPs (MULT18X18D) | block RAMs (DP16KD) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for i in impls:
+            lines.append(f"| {i['dataflow']} | {i['fmax_mhz']:.1f} | {i['luts']} | {i['registers']} | "
+                         f"{i['dsps']} | {i['brams']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="spattn bench", description=__doc__)
-    parser.add_argument("block", choices=["topk"])
+    parser.add_argument("block", choices=["topk", "pe_array"])
     parser.add_argument("-o", "--out", default="reports", help="report directory (default: reports)")
     parser.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     parser.add_argument("--trials", type=int, default=5, help="random score sets per point")
+    parser.add_argument("--no-pnr", action="store_true", help="pe_array: skip synthesis and nextpnr")
     args = parser.parse_args(argv)
-    bench_topk(args.out, args.simulator, trials=args.trials)
+    if args.block == "pe_array":
+        bench_pe_array(args.out, args.simulator, pnr=not args.no_pnr)
+    else:
+        bench_topk(args.out, args.simulator, trials=args.trials)

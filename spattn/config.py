@@ -277,3 +277,41 @@ def preset(name) -> AccelConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"preset must be one of {sorted(PRESETS)}, not {name!r}") from None
+
+
+# --- PE array: on-chip operand buffers and the limits of one matmul run ---------------------------
+
+def pe_buffer_depths(cfg: AccelConfig):
+    """Rows of each PE-array operand bank: ``(a_depth, b_depth)``.
+
+    The A buffer has ``pe_rows`` banks and holds ``ceil(m / pe_rows) * k`` rows (output-stationary)
+    or ``ceil(k / pe_rows) * m`` rows (weight-stationary); the B buffer has ``pe_cols`` banks and
+    holds ``k * ceil(n / pe_cols)`` rows. They are sized for the attention products in either
+    dataflow: Q·Kᵀ (``max_tokens x head_dim`` by ``head_dim x max_tokens``) and P·V for a block of
+    ``pe_rows`` queries (``pe_rows x max_tokens`` by ``max_tokens x head_dim``).
+    """
+    t, d, r, c = cfg.max_tokens, cfg.head_dim, cfg.pe_rows, cfg.pe_cols
+    return max(-(-t // r) * d, -(-d // r) * t, -(-t // r) * r), max(d * -(-t // c), t * -(-d // c))
+
+
+def check_matmul_run(cfg: AccelConfig, m, k, n, threshold=0):
+    """Validate one PE-array run ``(m x k) @ (k x n)`` with an integer DynaTran ``threshold``.
+
+    Every dimension must be in ``1..max_tokens``, the operands must fit the on-chip buffers
+    (:func:`pe_buffer_depths`) and the threshold must fit ``act_bits`` unsigned bits.
+    """
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        if not isinstance(value, int) or not 1 <= value <= cfg.max_tokens:
+            raise ConfigError(f"{name} must be in 1..max_tokens = 1..{cfg.max_tokens}, not {value!r}")
+    a_depth, b_depth = pe_buffer_depths(cfg)
+    a_rows = max(-(-m // cfg.pe_rows) * k, -(-k // cfg.pe_rows) * m)    # either dataflow's layout
+    if a_rows > a_depth:
+        raise ConfigError(f"m x k = {m} x {k} needs {a_rows} rows of the A buffer, more than its {a_depth}")
+    if k * -(-n // cfg.pe_cols) > b_depth:
+        raise ConfigError(f"k x n = {k} x {n} needs {k * -(-n // cfg.pe_cols)} rows of the B buffer, "
+                          f"more than its {b_depth}")
+    if not isinstance(threshold, int) or not 0 <= threshold < 1 << cfg.act_bits:
+        raise ConfigError(f"threshold must be in 0..{(1 << cfg.act_bits) - 1}, not {threshold!r}")
+
+
+__all__ += ["pe_buffer_depths", "check_matmul_run"]

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from amaranth.hdl import Shape, signed, unsigned
 
-__all__ = ["Overflow", "Rounding", "IntFormat", "TOPK_TIE_BREAK", "bits_for", "split_planes", "join_planes",
+__all__ = ["Overflow", "Rounding", "IntFormat", "TOPK_TIE_BREAK", "PE_ACC_OVERFLOW", "dynatran_zero",
+           "dynatran_threshold_int", "bits_for", "split_planes", "join_planes",
            "AttentionFormats"]
 
 
@@ -188,3 +189,27 @@ class AttentionFormats:
         return cls(act=cfg.act_format, acc=cfg.acc_format, score=score,
                    scale_mult=round(factor * 2 ** shift), scale_shift=shift, exp_frac=exp_frac,
                    exp_lut=lut, prob=prob)
+
+
+# --- PE array (tiled integer matmul with DynaTran pruning) ----------------------------------------
+
+#: What a PE-array result that does not fit the ``acc_bits`` accumulator format becomes, unless the
+#: array is generated with another rule. The rule applies to the exact dot product (both rules are
+#: then independent of the order in which the products are added): WRAP keeps its low ``acc_bits``
+#: bits (two's complement, a plain adder); SATURATE clamps it to the accumulator range, with guard
+#: bits in the accumulators so that nothing wraps before the clamp.
+PE_ACC_OVERFLOW = Overflow.WRAP
+
+
+def dynatran_zero(values, threshold: int):
+    """DynaTran pruning on stored integers: every value with ``|x| < threshold`` becomes 0.
+
+    ``threshold`` is an integer in the stored format's units (0 prunes nothing).
+    """
+    t = torch.as_tensor(values, dtype=torch.int64)
+    return torch.where(t.abs() < int(threshold), torch.zeros_like(t), t)
+
+
+def dynatran_threshold_int(threshold: float, fmt: IntFormat) -> int:
+    """The integer threshold of a real one: ``|q| < threshold_int`` iff ``|q / 2**frac| < threshold``."""
+    return math.ceil(threshold * (1 << fmt.frac))
