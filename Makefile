@@ -45,6 +45,7 @@ test: env
 
 bench: env
 	$(BIN)/spattn bench topk -o $(REPORTS)
+	$(BIN)/spattn bench pe_array --no-pnr -o $(REPORTS)
 
 eval: env
 	$(BIN)/spattn eval --out $(REPORTS)
