@@ -79,7 +79,7 @@ class TopKEngine(wiring.Component):
       compaction) into two other buffers while their counts and the missing bound (minimum of the
       greater side, maximum of the smaller side) are tracked. Only the side holding the k-th
       largest value goes on. Later rounds read the candidates back from their buffer and pivot on
-      ``floor((min + max) / 2)``; a round of c candidates takes ``ceil(c / P) + 3`` cycles.
+      ``floor((min + max) / 2)``; a round of c candidates takes ``ceil(c / P) + 4`` cycles.
       Selection stops as soon as the k-th value is known: it equals the pivot, the set holds one
       value, or k selects the set's minimum or maximum. The value range halves in every round
       after the first, so there are at most ``score_bits`` of them, whatever the input order.
@@ -89,7 +89,7 @@ class TopKEngine(wiring.Component):
       cycles, plus the consumer's stalls; the pass ends at the beat holding the k-th kept index.
 
     Cycles from command to last beat, without stalls, are at most
-    ``1 + R + 2 + score_bits * (R + 3) + R + 3`` (:meth:`worst_case_cycles`); on random scores
+    ``1 + R + 3 + score_bits * (R + 4) + R + 3`` (:meth:`worst_case_cycles`); on random scores
     about ``3.3 R`` (``spattn bench topk`` measures it).
     """
 
@@ -106,7 +106,7 @@ class TopKEngine(wiring.Component):
     def worst_case_cycles(cfg: AccelConfig, n):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
-        return 1 + rows + 2 + cfg.score_bits * (rows + 3) + rows + 3
+        return 1 + rows + 3 + cfg.score_bits * (rows + 4) + rows + 3
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -293,12 +293,20 @@ class TopKEngine(wiring.Component):
         # Stage 2 runs every cycle: with no flag set it writes nothing and changes nothing.
         append(gt, is_gt, gt_dst, "gt")
         append(lt, is_lt, lt_dst, "lt")
+        # Stage 3 folds the reduced bounds of a row into the running ones: a register after the
+        # P-lane trees keeps tree and running comparison in separate cycles.
+        s3_valid = Signal()
+        s3 = {name: Signal(score_shape, name=f"s3_{name}")
+              for name in ("gt_min", "lt_max", "load_min", "load_max")}
         m.d.sync += [
             eq_count.eq(eq_count + eq_added),
-            gt.bound.eq(Mux(gt_min < gt.bound, gt_min, gt.bound)),
-            lt.bound.eq(Mux(lt_max > lt.bound, lt_max, lt.bound)),
-            lo.eq(Mux(load_min < lo, load_min, lo)),
-            hi.eq(Mux(load_max > hi, load_max, hi)),
+            s3_valid.eq(s2_valid),
+            s3["gt_min"].eq(gt_min), s3["lt_max"].eq(lt_max),
+            s3["load_min"].eq(load_min), s3["load_max"].eq(load_max),
+            gt.bound.eq(Mux(s3["gt_min"] < gt.bound, s3["gt_min"], gt.bound)),
+            lt.bound.eq(Mux(s3["lt_max"] > lt.bound, s3["lt_max"], lt.bound)),
+            lo.eq(Mux(s3["load_min"] < lo, s3["load_min"], lo)),
+            hi.eq(Mux(s3["load_max"] > hi, s3["load_max"], hi)),
         ]
 
         with m.FSM():
@@ -354,8 +362,8 @@ class TopKEngine(wiring.Component):
                 # selection on it or start the next round.
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
-                with m.If(s2_valid):
-                    pass  # the last row is still in stage 2: its counts are ready next cycle
+                with m.If(s2_valid | s3_valid):
+                    pass  # the last row is still in stages 2 and 3: its counts and bounds follow
                 with m.Elif(gt.count >= rank):
                     go_on(gt, rank, gt.bound, hi, gt_dst)
                 with m.Elif(gt.count + eq_count >= rank):
