@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 
 from spattn.config import BOARDS as BOARD_SPECS
 from spattn.config import ConfigError, preset
@@ -158,3 +161,43 @@ def test_missing_tool_names_tool_and_package():
         find_tool("yowasp-nextpnr-gowin", "yowasp-nextpnr-gowin")
     with pytest.raises(ValueError, match="family must be one of"):
         toolchain_env("gowin")
+
+
+class _StandInHarness(wiring.Component):
+    """A stand-in for the harness: ``ffs`` flip-flops of a cellular automaton (each bit XORs its
+    neighbour in) and ``mults`` registered 16 x 16 products of them, all folded into the LEDs, so
+    synthesis keeps every flip-flop and multiplier."""
+
+    done: Out(1)
+    passed: Out(1)
+    failed: Out(1)
+    busy: Out(1)
+    checksum: Out(32)
+
+    def __init__(self, ffs, mults=0):
+        self.ffs, self.mults = ffs, mults
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        width = max(self.ffs, 32 * self.mults)
+        state = Signal(width, init=1)
+        m.d.sync += state.eq(state ^ state.rotate_left(1))
+        parity = state.xor()
+        for i in range(self.mults):
+            product = Signal(32, name=f"product{i}")
+            m.d.sync += product.eq(state[32 * i:32 * i + 16] * state[32 * i + 16:32 * i + 32])
+            parity = parity ^ product.xor()
+        m.d.comb += [self.passed.eq(parity), self.failed.eq(state[0])]
+        return m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mults, opts, message", [
+    (9, "", r"failed in nextpnr: ERROR: .*ICESTORM_DSP"),                    # the UP5K has 8 DSPs
+    (0, "--no-such-option", r"failed in nextpnr: exit status \d+, see the logs"),  # exits at once
+], ids=["too-many-dsps", "bad-option"])
+def test_tool_failure_names_the_step(tmp_path, mults, opts, message):
+    with pytest.raises(BuildError, match=r"FPGA build of preset 'tiny' for board 'icebreaker' " + message):
+        build_bitstream(preset("tiny"), "icebreaker", tmp_path, harness=_StandInHarness(64, mults),
+                        nextpnr_opts=opts)
