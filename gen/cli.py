@@ -23,7 +23,7 @@ def _check(args):
     from spattn.sim.runner import run_bench
 
     cfg = preset(args.preset)
-    for block in sorted(BLOCKS):
+    for block in args.block or sorted(BLOCKS):
         results = run_bench(block, cfg, f"spattn.sim.benches.{block}_bench", simulator=args.simulator,
                             extra_env={"SPATTN_TOPK_BEATS": str(args.beats)})
         print(f"{block} ({cfg.name}, {args.simulator}): every cocotb test passed, results in {results}")
@@ -68,7 +68,9 @@ def main(argv=None):
     check = commands.add_parser("check", help="cocotb check of the preset's Verilog against the golden model")
     check.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
     check.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
-    check.add_argument("--beats", type=int, default=2000, help="random output beats to check per block")
+    check.add_argument("--block", action="append", choices=sorted(BLOCKS),
+                       help="block to check (repeatable; default: all)")
+    check.add_argument("--beats", type=int, default=2000, help="random top-k index beats to check")
     check.set_defaults(run=_check)
 
     bitstream = commands.add_parser("bitstream", help="build a bitstream with Yosys and nextpnr")
