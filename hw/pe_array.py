@@ -50,6 +50,20 @@ def result_layout(cfg: AccelConfig):
     return data.StructLayout({"data": data.ArrayLayout(signed(cfg.acc_bits), cfg.pe_cols), "last": 1})
 
 
+def _clipped(m, total, start, size, name, shape):
+    """How many of the ``size`` positions from ``start`` lie below ``total`` (a tile's real extent)."""
+    left = wire(m, (total - start)[:shape.width], f"{name}_left", shape)
+    return wire(m, Mux(left >= size, size, left), f"{name}_valid", range(size + 1))
+
+
+def _tile_macs(m, rows_valid, cols_valid, rows, cols):
+    """Multiply-accumulates one tile pass performs on real rows and columns."""
+    total = Const(0, unsigned(bits_for(rows * cols)))
+    for r in range(rows):
+        total = total + Mux(rows_valid > r, cols_valid, 0)
+    return wire(m, total, "tile_macs", unsigned(bits_for(rows * cols)))
+
+
 class PEArray(wiring.Component):
     """``fit(dynatran(A, threshold) @ B)`` on an R x C array of multiply-accumulate units.
 
@@ -361,14 +375,9 @@ class PEArray(wiring.Component):
         tile_last = wire(m, entry_end & entry.last, "tile_last")
         last_n = wire(m, n0 + cols >= n_dim, "last_n")
         last_m = wire(m, m0 + rows >= m_dim, "last_m")
-        rows_left = wire(m, (m_dim - m0)[:pos_shape.width], "rows_left", pos_shape)
-        rows_valid = wire(m, Mux(rows_left >= rows, rows, rows_left), "rows_valid", range(rows + 1))
-        cols_left = wire(m, (n_dim - n0)[:pos_shape.width], "cols_left", pos_shape)
-        cols_valid = wire(m, Mux(cols_left >= cols, cols, cols_left), "cols_valid", range(cols + 1))
-        tile_macs = Const(0, unsigned(bits_for(rows * cols)))
-        for r in range(rows):
-            tile_macs = tile_macs + Mux(rows_valid > r, cols_valid, 0)
-        tile_macs = wire(m, tile_macs, "tile_macs", unsigned(bits_for(rows * cols)))
+        rows_valid = _clipped(m, m_dim, m0, rows, "rows", pos_shape)
+        cols_valid = _clipped(m, n_dim, n0, cols, "cols", pos_shape)
+        tile_macs = _tile_macs(m, rows_valid, cols_valid, rows, cols)
 
         # Pipeline: issue -> s1 (operand read) -> s2 (products) -> accumulators / output bank.
         slot_layout = data.StructLayout({"valid": 1, "first": 1, "last": 1, "zero": 1, "final": 1,
@@ -507,14 +516,9 @@ class PEArray(wiring.Component):
         entry_end = wire(m, (mm == tk - 1) | (m_cur == m_dim - 1), "entry_end")
         last_k = wire(m, p0 + rows >= k_dim, "last_k")
         last_n = wire(m, n0 + cols >= n_dim, "last_n")
-        k_left = wire(m, (k_dim - p0)[:pos_shape.width], "k_left", pos_shape)
-        k_valid = wire(m, Mux(k_left >= rows, rows, k_left), "k_valid", range(rows + 1))
-        cols_left = wire(m, (n_dim - n0)[:pos_shape.width], "cols_left", pos_shape)
-        cols_valid = wire(m, Mux(cols_left >= cols, cols, cols_left), "cols_valid", range(cols + 1))
-        tile_macs = Const(0, unsigned(bits_for(rows * cols)))
-        for r in range(rows):
-            tile_macs = tile_macs + Mux(k_valid > r, cols_valid, 0)
-        tile_macs = wire(m, tile_macs, "tile_macs", unsigned(bits_for(rows * cols)))
+        k_valid = _clipped(m, k_dim, p0, rows, "k", pos_shape)
+        cols_valid = _clipped(m, n_dim, n0, cols, "cols", pos_shape)
+        tile_macs = _tile_macs(m, k_valid, cols_valid, rows, cols)
         macs_add = Signal(unsigned(bits_for(rows * cols)))
         m.d.sync += [macs_add.eq(0), macs.eq(macs + macs_add)]
 
