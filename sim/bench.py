@@ -27,22 +27,37 @@ def bench_topk(out_dir="reports", simulator="verilator", sizes=TOPK_SIZES, ratio
         cfg = dataclasses.replace(base, name=f"bench-p{p}", max_tokens=max(sizes),
                                   topk_comparators=p, topk_stream_lanes=16)
         sweep = [[n, max(1, round(ratio * n))] for n in sizes for ratio in ratios]
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "sweep.jsonl"
-            run_bench("topk", cfg, "spattn.sim.benches.topk_cycles", simulator=simulator,
-                      extra_env={"SPATTN_TOPK_SWEEP": json.dumps(sweep), "SPATTN_BENCH_OUT": str(out),
-                                 "SPATTN_BENCH_TRIALS": str(trials)})
-            for line in out.read_text().splitlines():
-                row = json.loads(line)
-                row.update(P=p, ideal=row["n"] / p)
-                rows.append(row)
+        for row in _run_sweep("topk", cfg, "spattn.sim.benches.topk_cycles", simulator,
+                              {"SPATTN_TOPK_SWEEP": json.dumps(sweep), "SPATTN_BENCH_TRIALS": str(trials)}):
+            row.update(P=p, ideal=row["n"] / p)
+            rows.append(row)
     table = format_topk(rows, simulator, trials, time.monotonic() - started)
+    _write_report(out_dir, "topk_cycles", table, rows)
+    return rows
+
+
+def _run_sweep(block, cfg, module, simulator, env, **kwargs):
+    """Run the cocotb sweep bench ``module``; the points it measured, one dict each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "sweep.jsonl"
+        run_bench(block, cfg, module, simulator=simulator, extra_env={**env, "SPATTN_BENCH_OUT": str(out)},
+                  **kwargs)
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _write_report(out_dir, stem, table, data):
+    """Print ``table`` and write it as ``<stem>.md`` next to the raw figures in ``<stem>.json``."""
     print(table)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "topk_cycles.md").write_text(table)
-    (out_dir / "topk_cycles.json").write_text(json.dumps(rows, indent=1) + "\n")
-    return rows
+    (out_dir / f"{stem}.md").write_text(table)
+    (out_dir / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _markdown_table(header, align, rows):
+    """Lines of a Markdown table: ``align`` holds one ``---`` or ``---:`` per column."""
+    return (["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+            + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def format_topk(rows, simulator, trials, seconds):
@@ -50,12 +65,11 @@ def format_topk(rows, simulator, trials, seconds):
         f"Top-k engine cycles, command to last index beat, mean of {trials} random score sets "
         f"(uniform over the 16-bit format, streams never stalled; {simulator}, {seconds:.0f} s wall)",
         "",
-        "| P | n | k | cycles | worst seen | ideal n/P | cycles / (n/P) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        *_markdown_table(
+            ["P", "n", "k", "cycles", "worst seen", "ideal n/P", "cycles / (n/P)"], ["---:"] * 7,
+            [[str(r["P"]), str(r["n"]), str(r["k"]), f"{r['cycles']:.1f}", str(r["max_cycles"]),
+              f"{r['ideal']:.1f}", f"{r['cycles'] / r['ideal']:.2f}"] for r in rows]),
     ]
-    for r in rows:
-        lines.append(f"| {r['P']} | {r['n']} | {r['k']} | {r['cycles']:.1f} | {r['max_cycles']} | "
-                     f"{r['ideal']:.1f} | {r['cycles'] / r['ideal']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -78,17 +92,12 @@ def bench_pe_array(out_dir="reports", simulator="verilator", shapes=PE_SHAPES, s
     started = time.monotonic()
     sweep = [[m, k, n, s] for m, k, n in shapes for s in sparsities]
     for block in blocks:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "sweep.jsonl"
-            run_bench(block, cfg, "spattn.sim.benches.pe_array_cycles", simulator=simulator,
-                      build_root=str(Path(build_root) / "sim"),
-                      extra_env={"SPATTN_PE_SWEEP": json.dumps(sweep), "SPATTN_BENCH_OUT": str(out)})
-            for line in out.read_text().splitlines():
-                row = json.loads(line)
-                row.update(block=block, dataflow=PE_ARRAY_VARIANTS[block]["dataflow"],
-                           ideal=ideal_cycles(row["m"], row["k"], row["n"], cfg),
-                           utilization=row["macs"] / (cfg.pe_rows * cfg.pe_cols * row["busy_cycles"]))
-                rows.append(row)
+        for row in _run_sweep(block, cfg, "spattn.sim.benches.pe_array_cycles", simulator,
+                              {"SPATTN_PE_SWEEP": json.dumps(sweep)}, build_root=str(Path(build_root) / "sim")):
+            row.update(block=block, dataflow=PE_ARRAY_VARIANTS[block]["dataflow"],
+                       ideal=ideal_cycles(row["m"], row["k"], row["n"], cfg),
+                       utilization=row["macs"] / (cfg.pe_rows * cfg.pe_cols * row["busy_cycles"]))
+            rows.append(row)
     sim_seconds = time.monotonic() - started
     if pnr:
         for block in blocks:
@@ -97,12 +106,7 @@ def bench_pe_array(out_dir="reports", simulator="verilator", shapes=PE_SHAPES, s
             impls.append({"block": block, "dataflow": PE_ARRAY_VARIANTS[block]["dataflow"],
                           "synth_seconds": synth.seconds, **dataclasses.asdict(placed)})
     table = format_pe_array(rows, impls, cfg, simulator, sim_seconds)
-    print(table)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "pe_array.md").write_text(table)
-    (out_dir / "pe_array.json").write_text(json.dumps({"runs": rows, "implementations": impls},
-                                                      indent=1) + "\n")
+    _write_report(out_dir, "pe_array", table, {"runs": rows, "implementations": impls})
     return rows, impls
 
 
@@ -115,26 +119,26 @@ def format_pe_array(rows, impls, cfg, simulator, seconds):
         f"{seconds:.0f} s wall). Busy = compute phase (end of loading to last result beat); "
         "utilization = MACs performed / (R x C x busy cycles); total = command to last result beat.",
         "",
-        "| dataflow | M x K x N | A sparsity | skipped tile passes | total cycles | load cycles | "
-        "busy cycles | ideal M·K·N/(R·C) | busy / ideal | utilization |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_markdown_table(
+            ["dataflow", "M x K x N", "A sparsity", "skipped tile passes", "total cycles", "load cycles",
+             "busy cycles", "ideal M·K·N/(R·C)", "busy / ideal", "utilization"],
+            ["---", "---"] + ["---:"] * 8,
+            [[r["dataflow"], f"{r['m']} x {r['k']} x {r['n']}", f"{100 * r['sparsity']:.0f}%",
+              str(r["skipped_tiles"]), str(r["cycles"]), str(r["load_cycles"]), str(r["busy_cycles"]),
+              f"{r['ideal']:.0f}", f"{r['busy_cycles'] / r['ideal']:.2f}", f"{100 * r['utilization']:.1f}%"]
+             for r in rows]),
     ]
-    for r in rows:
-        lines.append(f"| {r['dataflow']} | {r['m']} x {r['k']} x {r['n']} | {100 * r['sparsity']:.0f}% | "
-                     f"{r['skipped_tiles']} | {r['cycles']} | {r['load_cycles']} | {r['busy_cycles']} | "
-                     f"{r['ideal']:.0f} | {r['busy_cycles'] / r['ideal']:.2f} | "
-                     f"{100 * r['utilization']:.1f}% |")
     if impls:
         lines += [
             "",
             f"Out-of-context place and route on the ULX3S-85F (nextpnr-ecp5, target {cfg.clock_mhz} MHz):",
             "",
-            "| dataflow | Fmax (MHz) | LUTs | registers | DSPs (MULT18X18D) | block RAMs (DP16KD) |",
-            "|---|---:|---:|---:|---:|---:|",
+            *_markdown_table(
+                ["dataflow", "Fmax (MHz)", "LUTs", "registers", "DSPs (MULT18X18D)", "block RAMs (DP16KD)"],
+                ["---"] + ["---:"] * 5,
+                [[i["dataflow"], f"{i['fmax_mhz']:.1f}", str(i["luts"]), str(i["registers"]), str(i["dsps"]),
+                  str(i["brams"])] for i in impls]),
         ]
-        for i in impls:
-            lines.append(f"| {i['dataflow']} | {i['fmax_mhz']:.1f} | {i['luts']} | {i['registers']} | "
-                         f"{i['dsps']} | {i['brams']} |")
     return "\n".join(lines) + "\n"
 
 
