@@ -93,7 +93,8 @@ def bench_pe_array(out_dir="reports", simulator="verilator", shapes=PE_SHAPES, s
     sweep = [[m, k, n, s] for m, k, n in shapes for s in sparsities]
     for block in blocks:
         for row in _run_sweep(block, cfg, "spattn.sim.benches.pe_array_cycles", simulator,
-                              {"SPATTN_PE_SWEEP": json.dumps(sweep)}, build_root=str(Path(build_root) / "sim")):
+                              {"SPATTN_PE_SWEEP": json.dumps(sweep)},
+                              build_root=str(Path(build_root) / "sim")):
             row.update(block=block, dataflow=PE_ARRAY_VARIANTS[block]["dataflow"],
                        ideal=ideal_cycles(row["m"], row["k"], row["n"], cfg),
                        utilization=row["macs"] / (cfg.pe_rows * cfg.pe_cols * row["busy_cycles"]))
