@@ -11,6 +11,7 @@ from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
 from spattn.config import AccelConfig
+from spattn.hw.attention import AttentionCore
 from spattn.hw.pe_array import PE_ARRAY_VARIANTS, PEArray
 from spattn.hw.topk import TopKEngine
 
@@ -19,6 +20,7 @@ __all__ = ["BLOCKS", "top_name", "port_list", "generate"]
 #: Blocks that can be generated on their own, by name.
 BLOCKS = {
     "topk": TopKEngine,
+    "attention": AttentionCore,
     # The PE array in each of its generation-time variants (dataflow, tile, overflow rule).
     **{name: functools.partial(PEArray, **params) for name, params in PE_ARRAY_VARIANTS.items()},
 }

@@ -10,7 +10,7 @@ from amaranth.hdl import Const, Mux, Signal, Value, unsigned
 
 from spattn.formats import bits_for
 
-__all__ = ["wire", "popcount", "exclusive_prefix_counts", "compact", "masked_reduce"]
+__all__ = ["wire", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "masked_reduce"]
 
 
 def wire(m, value, name, shape=None):
@@ -36,8 +36,12 @@ def _inclusive_prefix_sums(m, flags, name):
 
 def popcount(m, flags, name):
     """Number of set bits among the 1-bit values ``flags``, by a balanced adder tree."""
-    shape = unsigned(bits_for(len(flags)))
-    level = [Value.cast(flag) for flag in flags]
+    return add_tree(m, flags, name, unsigned(bits_for(len(flags))))
+
+
+def add_tree(m, values, name, shape):
+    """The sum of ``values`` in ``shape`` (wide enough for it), by a balanced adder tree."""
+    level = [Value.cast(value) for value in values]
     depth = 0
     while len(level) > 1:
         depth += 1

@@ -35,14 +35,14 @@ def matmul_command_layout(cfg: AccelConfig):
     return data.StructLayout({"m": dim, "k": dim, "n": dim, "threshold": unsigned(cfg.act_bits)})
 
 
-def a_beat_layout(cfg: AccelConfig):
+def a_beat_layout(cfg: AccelConfig, operand_bits=None):
     """One column of an A row panel: ``A[p * R + r][j]`` in lane ``r``."""
-    return data.ArrayLayout(cfg.act_format.shape, cfg.pe_rows)
+    return data.ArrayLayout(signed(operand_bits or cfg.act_bits), cfg.pe_rows)
 
 
-def b_beat_layout(cfg: AccelConfig):
+def b_beat_layout(cfg: AccelConfig, operand_bits=None):
     """One row of a B column panel: ``B[j][q * C + c]`` in lane ``c``."""
-    return data.ArrayLayout(cfg.act_format.shape, cfg.pe_cols)
+    return data.ArrayLayout(signed(operand_bits or cfg.act_bits), cfg.pe_cols)
 
 
 def result_layout(cfg: AccelConfig):
@@ -67,7 +67,8 @@ def _tile_macs(m, rows_valid, cols_valid, rows, cols):
 class PEArray(wiring.Component):
     """``fit(dynatran(A, threshold) @ B)`` on an R x C array of multiply-accumulate units.
 
-    R = ``pe_rows``, C = ``pe_cols``; operands are signed ``act_bits``, results signed ``acc_bits``
+    R = ``pe_rows``, C = ``pe_cols``; operands are signed ``operand_bits`` (default ``act_bits``),
+    results signed ``acc_bits``
     with the overflow rule ``overflow`` (default :data:`spattn.formats.PE_ACC_OVERFLOW`) applied to
     the exact dot product. The golden model is :func:`spattn.sim.golden.matmul.matmul_int`, the
     counters' golden values :func:`spattn.sim.golden.matmul.tile_stats`.
@@ -84,6 +85,9 @@ class PEArray(wiring.Component):
     overflow : Overflow
         WRAP (accumulators of ``acc_bits``) or SATURATE (accumulators with guard bits for
         ``max_tokens`` products, clamped on the way out).
+    operand_bits : int or None
+        Width of the signed operands, ``act_bits`` when None; the attention core widens them so
+        that probabilities can be the A operand of P·V.
 
     Members
     -------
@@ -152,7 +156,7 @@ class PEArray(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, dataflow="output_stationary", k_tile=1,
-                 overflow=PE_ACC_OVERFLOW):
+                 overflow=PE_ACC_OVERFLOW, operand_bits=None):
         try:
             if dataflow not in DATAFLOWS:
                 raise ConfigError(f"dataflow must be one of {list(DATAFLOWS)}, not {dataflow!r}")
@@ -160,16 +164,21 @@ class PEArray(wiring.Component):
                 raise ConfigError(f"k_tile must be in 1..max_tokens = 1..{cfg.max_tokens}, not {k_tile!r}")
             if not isinstance(overflow, Overflow):
                 raise ConfigError(f"overflow must be an Overflow, not {overflow!r}")
+            if operand_bits is not None and not (isinstance(operand_bits, int) and
+                                                 operand_bits >= cfg.act_bits):
+                raise ConfigError(f"operand_bits must be an integer of at least act_bits = "
+                                  f"{cfg.act_bits}, not {operand_bits!r}")
         except ConfigError:
             self._MustUse__silence = True   # never elaborated: no "created but never used"
             raise
         self.cfg, self.dataflow, self.k_tile, self.overflow = cfg, dataflow, k_tile, overflow
+        self.operand_bits = operand_bits or cfg.act_bits
         self.a_depth, self.b_depth = pe_buffer_depths(cfg)
         counter = unsigned(COUNTER_BITS)
         super().__init__({
             "cmd": In(stream.Signature(matmul_command_layout(cfg))),
-            "a": In(stream.Signature(a_beat_layout(cfg))),
-            "b": In(stream.Signature(b_beat_layout(cfg))),
+            "a": In(stream.Signature(a_beat_layout(cfg, self.operand_bits))),
+            "b": In(stream.Signature(b_beat_layout(cfg, self.operand_bits))),
             "result": Out(stream.Signature(result_layout(cfg))),
             "busy": Out(1),
             "busy_cycles": Out(counter),
@@ -184,13 +193,13 @@ class PEArray(wiring.Component):
         cfg = self.cfg
         if self.overflow is Overflow.WRAP:
             return cfg.acc_bits
-        return max(cfg.acc_bits, 2 * cfg.act_bits + bits_for(cfg.max_tokens))
+        return max(cfg.acc_bits, 2 * self.operand_bits + bits_for(cfg.max_tokens))
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         rows, cols, tk = cfg.pe_rows, cfg.pe_cols, self.k_tile
-        act_shape = cfg.act_format.shape
+        act_shape = signed(self.operand_bits)
         dim_shape = unsigned(cfg.count_bits)
         pos_shape = unsigned(bits_for(cfg.max_tokens + max(rows, cols)))   # m0, n0, k0 + kk
         a_addr_shape = unsigned(bits_for(self.a_depth + cfg.max_tokens))
@@ -251,7 +260,8 @@ class PEArray(wiring.Component):
         a_values = []
         for r in range(rows):
             x = self.a.payload[r]
-            magnitude = wire(m, Mux(x < 0, -x, x)[:cfg.act_bits], f"a_mag{r}", unsigned(cfg.act_bits))
+            magnitude = wire(m, Mux(x < 0, -x, x)[:self.operand_bits], f"a_mag{r}",
+                             unsigned(self.operand_bits))
             pruned = (magnitude < threshold) | (a_m0 + r >= lane_limit)
             a_values.append(wire(m, Mux(pruned, 0, x), f"a_pruned{r}", act_shape))
         beat_live = wire(m, _any_nonzero(a_values), "a_beat_live")
@@ -449,7 +459,7 @@ class PEArray(wiring.Component):
         for r in range(rows):
             a_val = a_banks[r][1].data
             for c in range(cols):
-                product = Signal(signed(2 * cfg.act_bits), name=f"prod_{r}_{c}")
+                product = Signal(signed(2 * self.operand_bits), name=f"prod_{r}_{c}")
                 m.d.sync += product.eq(a_val * b_banks[c][1].data)
                 acc = Signal(acc_shape, name=f"acc_{r}_{c}")
                 total = wire(m, Mux(s2.first | s2.zero, 0, acc) + Mux(s2.zero, 0, product),
@@ -486,7 +496,7 @@ class PEArray(wiring.Component):
                            b_addr_shape, acc_shape, m_dim, k_dim, n_dim, threshold, a_banks, b_banks,
                            tiles_r, busy_cycles, load_cycles, skipped, macs, a_done, b_done, load_reset):
         self._ctx = locals()
-        act_shape = cfg.act_format.shape
+        act_shape = signed(self.operand_bits)
 
         # ---- Partial-sum buffers: two halves (ping-pong over column panels), one row per A row -
         psum_layout = data.ArrayLayout(acc_shape, cols)
@@ -655,8 +665,8 @@ class PEArray(wiring.Component):
                     m.next = "IDLE"
 
         # ---- The array: products x[r] * w[r][c], column sums, partial-sum accumulation --------
-        product_shape = signed(2 * cfg.act_bits)
-        colsum_shape = signed(2 * cfg.act_bits + bits_for(rows))
+        product_shape = signed(2 * self.operand_bits)
+        colsum_shape = signed(2 * self.operand_bits + bits_for(rows))
         colsums = []
         for c in range(cols):
             terms = []

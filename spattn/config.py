@@ -192,6 +192,12 @@ def _widths(cfg):
                           f"{cfg.act_bits}-bit values, not {cfg.acc_bits}")
     if not 2 <= cfg.score_bits <= 32:
         raise ConfigError(f"score_bits must be in 2..32, not {cfg.score_bits}")
+    # P·V: a row's rounded probabilities (score_bits - 1 fraction bits) add up to less than
+    # 1 + max_tokens LSBs, so |sum_j p_j v_j| < 2**(act_bits-1) * (2**(score_bits-1) + max_tokens).
+    pv_bound = (1 << (cfg.act_bits - 1)) * ((1 << (cfg.score_bits - 1)) + cfg.max_tokens)
+    if pv_bound >= 1 << (cfg.acc_bits - 1):
+        raise ConfigError(f"acc_bits must be at least {pv_bound.bit_length() + 1} to accumulate P·V "
+                          f"over {cfg.max_tokens} tokens, not {cfg.acc_bits}")
 
 
 def _topk(cfg):

@@ -14,7 +14,8 @@ from amaranth.hdl import Shape, signed, unsigned
 
 __all__ = ["Overflow", "Rounding", "IntFormat", "TOPK_TIE_BREAK", "PE_ACC_OVERFLOW", "dynatran_zero",
            "dynatran_threshold_int", "bits_for", "split_planes", "join_planes",
-           "AttentionFormats"]
+           "AttentionFormats", "VALUE_KEEP_FRAC", "value_keep_int", "kept_count",
+           "recompute_threshold_int", "plane_row_bytes"]
 
 
 #: Top-k tie-break rule shared by the top-k engine and its golden model: among scores equal to the
@@ -158,9 +159,10 @@ class AttentionFormats:
       ``r = floor((2**(exp_frac + prob.frac) + floor(S / 2)) / S)`` (a serial divider).
     * ``prob``: ``p = min(floor((e * r + 2**(exp_frac-1)) / 2**exp_frac), prob.max)``, unsigned
       ``score_bits - 1`` bits, all fraction, so probabilities also fit the top-k engine's signed
-      ``score_bits`` scores. Error against the exact softmax of the same scores: about 1 LSB on
-      random 64-key rows, 5.6 LSB on real 172-token MiniLM rows: the roundings of the exponent
-      terms add up in the sum, so it grows with the row length (tests/sim/golden/test_intattention.py).
+      ``score_bits`` scores. A single present key gets ``prob.max``, 1.0 less one LSB. Measured
+      errors against float softmax are in ``reports/softmax_error.md`` (``spattn bench softmax``):
+      up to about 20 LSB, mostly from the score rounding; the exponent roundings add up in the
+      row sum, so the error of the softmax step alone grows with the row length.
     * P·V: ``o = sat(floor((sum_j p_j v_j + 2**(prob.frac-1)) / 2**prob.frac))`` in ``act``.
     """
     act: IntFormat
@@ -213,3 +215,35 @@ def dynatran_zero(values, threshold: int):
 def dynatran_threshold_int(threshold: float, fmt: IntFormat) -> int:
     """The integer threshold of a real one: ``|q| < threshold_int`` iff ``|q / 2**frac| < threshold``."""
     return math.ceil(threshold * (1 << fmt.frac))
+
+
+# --- Attention core: runtime thresholds, value pruning, memory rows -------------------------------
+
+#: Fraction bits of the runtime ``value_keep`` ratio: an unsigned ``VALUE_KEEP_FRAC + 1``-bit
+#: integer ``w`` stands for ``w / 2**VALUE_KEEP_FRAC`` (so 1.0 is representable).
+VALUE_KEEP_FRAC = 16
+
+
+def value_keep_int(ratio: float) -> int:
+    """The runtime integer of a value-keep ratio in (0, 1]: rounded down to ``VALUE_KEEP_FRAC`` bits,
+    so that ``kept_count`` never keeps more than ``ceil(ratio * present)`` (half-up rounding made
+    0.3 keep 4 of 10)."""
+    return math.floor(ratio * (1 << VALUE_KEEP_FRAC))
+
+
+def kept_count(value_keep: int, present: int) -> int:
+    """V rows one query keeps from its ``present`` keys: ``min(present, max(1, ceil(w * present /
+    2**VALUE_KEEP_FRAC)))`` for the integer ratio ``w`` (an integer multiply, an add and a shift)."""
+    wanted = (value_keep * present + (1 << VALUE_KEEP_FRAC) - 1) >> VALUE_KEEP_FRAC
+    return min(present, max(1, wanted))
+
+
+def recompute_threshold_int(threshold: float, prob: IntFormat) -> int:
+    """The integer threshold of a real one: a row is recomputed when its maximum probability ``p``
+    (stored integer) has ``p < recompute_threshold_int``, i.e. ``p / 2**frac < threshold``."""
+    return math.ceil(threshold * (1 << prob.frac))
+
+
+def plane_row_bytes(head_dim: int, bits: int) -> int:
+    """Bytes one memory row of a plane takes (``head_dim`` values of ``bits``, byte-aligned rows)."""
+    return -(-head_dim * bits // 8)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -43,3 +45,26 @@ def test_bits_for():
     assert [bits_for(v) for v in (0, 1, 2, 3, 4, 255, 256)] == [1, 1, 2, 2, 3, 8, 9]
     with pytest.raises(ValueError):
         bits_for(-1)
+
+
+def test_value_keep_counts_never_exceed_the_ratio():
+    from spattn.formats import VALUE_KEEP_FRAC, kept_count, value_keep_int
+    assert value_keep_int(1.0) == 1 << VALUE_KEEP_FRAC
+    for tenths in range(1, 11):
+        ratio = tenths / 10
+        for present in range(1, 1025):
+            want = min(present, max(1, math.ceil(ratio * present - 1e-9)))
+            assert kept_count(value_keep_int(ratio), present) == want, (ratio, present)
+    # The smallest ratios keep one row; an empty row keeps none.
+    assert kept_count(value_keep_int(1e-9), 50) == 1
+    assert kept_count(1, 0) == 0
+
+
+def test_recompute_threshold_and_row_bytes():
+    from spattn.formats import IntFormat, plane_row_bytes, recompute_threshold_int
+    prob = IntFormat(15, signed=False, frac=15)
+    assert recompute_threshold_int(0.0, prob) == 0
+    assert recompute_threshold_int(1.0, prob) == 1 << 15          # above every probability
+    t = recompute_threshold_int(0.1, prob)
+    assert (t - 1) / 2 ** 15 < 0.1 <= t / 2 ** 15
+    assert plane_row_bytes(32, 8) == 32 and plane_row_bytes(16, 6) == 12 and plane_row_bytes(3, 3) == 2

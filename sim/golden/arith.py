@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from spattn.formats import AttentionFormats, join_planes, split_planes
+from spattn.formats import AttentionFormats, join_planes, recompute_threshold_int, split_planes
 
 from .intattention import pv_int, scores_int, softmax_int
 
@@ -27,8 +27,11 @@ class IntArith:
     def planes(self, x):
         """``(msb_only, full)`` stored integers of real values ``x``."""
         full = self.fmt.act.quantize(x)
-        msb, _ = split_planes(full, self.lsb_bits)
-        return join_planes(msb, 0, self.lsb_bits), full
+        return self.msb_only(full), full
+
+    def msb_only(self, full):
+        """Stored integers with their LSB plane zeroed: what the MSB plane alone gives."""
+        return join_planes(split_planes(full, self.lsb_bits)[0], 0, self.lsb_bits)
 
     def zero_small(self, x, threshold: float):
         """DynaTran: values with ``|x| < threshold`` (real units) become 0."""
@@ -42,6 +45,10 @@ class IntArith:
 
     def prob_real(self, probs):
         return self.fmt.prob.to_real(probs)
+
+    def prob_threshold(self, threshold: float):
+        """A real recompute threshold in this arithmetic's probability units (prob LSBs)."""
+        return recompute_threshold_int(threshold, self.fmt.prob)
 
     def out_real(self, out):
         return self.fmt.act.to_real(out).to(torch.float32)
@@ -71,6 +78,9 @@ class FloatArith:
 
     def prob_real(self, probs):
         return probs
+
+    def prob_threshold(self, threshold: float):
+        return threshold
 
     def out_real(self, out):
         return out

@@ -8,9 +8,10 @@ import math
 
 import torch
 
-from spattn.formats import TOPK_TIE_BREAK
+from spattn.formats import TOPK_TIE_BREAK, kept_count
 
-__all__ = ["schedule_at", "keep_count", "top_indices", "top_per_row"]
+__all__ = ["schedule_at", "keep_count", "top_indices", "top_per_row", "top_count_per_row",
+           "kept_counts"]
 
 assert TOPK_TIE_BREAK == "lower_index"
 
@@ -39,8 +40,22 @@ def top_per_row(scores, ratio: float, present):
     the ``c`` entries where ``present`` is True; ties go to the lower index."""
     present_count = present.sum(dim=-1)
     counts = torch.clamp(torch.ceil(ratio * present_count - 1e-9), min=1).minimum(present_count)
+    return top_count_per_row(scores, counts, present)
+
+
+def top_count_per_row(scores, counts, present):
+    """Bool mask, per row of ``scores`` (``(.., m)``), of the ``counts`` (``(..)``, integers) largest
+    among the entries where ``present`` is True; ties go to the lower index."""
     floor = -torch.inf if scores.is_floating_point() else torch.iinfo(scores.dtype).min
     lowest = torch.full_like(scores, floor)
     order = torch.sort(torch.where(present, scores, lowest), dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(scores.shape[-1]).expand_as(order))
     return (rank < counts.unsqueeze(-1)) & present
+
+
+def kept_counts(value_keep: int, present_count):
+    """:func:`spattn.formats.kept_count` of the integer ratio ``value_keep`` for every entry of the
+    integer tensor ``present_count``: V rows each query keeps (0 for a row with no present key)."""
+    top = int(present_count.max()) if present_count.numel() else 0
+    table = torch.tensor([kept_count(value_keep, c) for c in range(top + 1)])
+    return table[present_count]

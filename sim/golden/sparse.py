@@ -6,8 +6,13 @@ Per layer, over the alive tokens and heads only:
 2. Probabilities: from full-precision Q, K; or, with progressive quantization, from MSB-only Q, K
    first, then full precision for the rows whose maximum probability is below
    ``recompute_threshold``. A static mask (ViTCoD) removes keys from every row's softmax.
-3. Local value pruning: per query, only the ``ceil(value_keep * keys)`` most probable V rows are
-   used (ties to the lower index; probabilities are not renormalised); P·V with the row's precision.
+3. Local value pruning: per query, only the V rows of the most probable keys are used, as many as
+   :func:`spattn.formats.kept_count` of :func:`spattn.formats.value_keep_int` ``(value_keep)``
+   gives (ties to the lower index; probabilities are not renormalised); P·V with the row's precision.
+
+Steps 2 and 3 and the rows fetched from memory are the attention core's own rules
+(:func:`.attention_core.attend` and :func:`.attention_core.fetched_rows`), run on all alive heads
+at once.
 4. Importance: each token gets the probability it receives, summed over alive heads and queries;
    each head the L1 magnitude of its output; both accumulate across layers.
 5. The rest of the layer (output projection, FFN) in float; pruned heads contribute zeros.
@@ -27,11 +32,13 @@ from dataclasses import dataclass
 import torch
 
 from spattn.config import ConfigError
+from spattn.formats import value_keep_int
 
 from .arith import arith_for
+from .attention_core import attend, fetched_rows
 from .bert import embed_tokens, finish_layer, mean_pool, project_qkv
 from .minilm import MiniLM
-from .pruning import keep_count, schedule_at, top_indices, top_per_row
+from .pruning import keep_count, schedule_at, top_indices
 from .traffic import Traffic, dense_traffic
 
 __all__ = ["LayerStats", "SentenceResult", "run_sentence", "check_model_fits"]
@@ -73,31 +80,11 @@ def check_model_fits(model: MiniLM, cfg):
             raise ConfigError(f"{name} must be {want} for this model, not {getattr(cfg, name)}")
 
 
-def _recompute_rows(arith, cfg, q, k, mask):
-    """Probabilities and the rows computed at full precision (all rows without progressive quant)."""
-    full = arith.probs(q[1], k[1], mask)
-    if cfg.recompute_threshold is None:
-        return full, torch.ones(full.shape[:-1], dtype=torch.bool)
-    low = arith.probs(q[0], k[0], mask)
-    redo = arith.prob_real(low.amax(dim=-1)) < cfg.recompute_threshold
-    return torch.where(redo.unsqueeze(-1), full, low), redo
-
-
-def _layer_traffic(cfg, present, kept, redo):
-    """Bits fetched by one layer (see :mod:`.traffic`) from the keys each head needs, the V rows
-    each query keeps and the recomputed rows."""
-    d, msb, lsb = cfg.head_dim, cfg.act_msb_bits, cfg.act_lsb_bits
-    heads, tokens = redo.shape
-    keys = present.any(dim=1)
-    vrows = kept.any(dim=1)
-    if cfg.recompute_threshold is None:
-        redo = torch.ones_like(redo)
-    redo_heads = redo.any(dim=1, keepdim=True)
-    return Traffic(
-        q_msb=heads * tokens * d * msb, q_lsb=int(redo.sum()) * d * lsb,
-        k_msb=int(keys.sum()) * d * msb, k_lsb=int((keys & redo_heads).sum()) * d * lsb,
-        v_msb=int(vrows.sum()) * d * msb,
-        v_lsb=int((kept & redo.unsqueeze(-1)).any(dim=1).sum()) * d * lsb)
+def _layer_traffic(cfg, rows):
+    """Bits fetched by one layer (see :mod:`.traffic`) from the rows of each plane it fetches."""
+    bits = {"msb": cfg.act_msb_bits, "lsb": cfg.act_lsb_bits}
+    return Traffic(**{f"{tensor}_{plane}": int(fetched.sum()) * cfg.head_dim * bits[plane]
+                      for (tensor, plane), fetched in rows.items()})
 
 
 def _split_stats(cfg, present):
@@ -135,15 +122,8 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
             mask = masks[layer][heads][:, alive][:, :, alive]
         present = torch.ones(len(heads), len(alive), len(alive), dtype=torch.bool) if mask is None else mask
 
-        probs, redo = _recompute_rows(ar, cfg, q, k, mask)
-        if cfg.value_keep < 1:
-            kept = top_per_row(probs, cfg.value_keep, present)
-            probs_kept = torch.where(kept, probs, torch.zeros_like(probs))
-        else:
-            kept, probs_kept = present, probs
-        out = ar.pv(probs_kept, v[1])
-        if cfg.recompute_threshold is not None:
-            out = torch.where(redo.unsqueeze(-1), out, ar.pv(probs_kept, v[0]))
+        threshold = None if cfg.recompute_threshold is None else ar.prob_threshold(cfg.recompute_threshold)
+        probs, out, redo, kept = attend(ar, q, k, v, mask, threshold, value_keep_int(cfg.value_keep))
 
         token_importance[alive] += probs.sum(dim=(0, 1)).to(torch.float64)
         head_importance[heads] += out.abs().sum(dim=(1, 2)).to(torch.float64)
@@ -158,7 +138,7 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
             recomputed=int(redo.sum()) if cfg.recompute_threshold is not None else 0,
             zeros=sum(int((t[1] == 0).sum()) for t in (q, k, v)), values=3 * q[1].numel(),
             mask_nonzeros=mask_nnz, dense_nonzeros=dense_nnz,
-            traffic=_layer_traffic(cfg, present, kept, redo),
+            traffic=_layer_traffic(cfg, fetched_rows(present, kept, redo)),
             dense=dense_traffic(len(ids), cfg.heads, cfg.head_dim, cfg.act_bits)))
 
         alive = alive[top_indices(token_importance[alive], keep_count(

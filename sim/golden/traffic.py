@@ -7,8 +7,11 @@ MSB plane of ``act_msb_bits`` and an LSB plane of ``act_bits - act_msb_bits``. C
 * only alive heads and alive tokens; a key no alive query's static mask selects is not fetched;
 * a V row only if some query of its head keeps it (local value pruning);
 * with progressive quantization, MSB planes always and LSB planes only for recomputed rows: their
-  Q row, every fetched K row of a head with a recomputed row, and the V rows those rows keep;
-  without it, the full ``act_bits`` of everything fetched.
+  Q row, the K rows of the keys present in some recomputed row of the head (with a static mask,
+  fewer than all fetched K rows), and the V rows those rows keep; without it, the full
+  ``act_bits`` of everything fetched.
+
+These are the rows the attention core requests (:func:`.attention_core.fetched_rows`).
 
 DynaTran's zeros are not assumed to be compressed in memory: they save compute, not traffic.
 The dense baseline fetches Q, K, V of every token and head at ``act_bits``.

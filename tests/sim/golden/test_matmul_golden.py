@@ -100,7 +100,7 @@ def test_buffers_hold_the_attention_products():
         t, d, r = cfg.max_tokens, cfg.head_dim, cfg.pe_rows
         check_matmul_run(cfg, t, d, t)               # Q·Kᵀ
         check_matmul_run(cfg, r, t, d)               # P·V for a block of pe_rows queries
-    odd = dataclasses.replace(TINY, name="odd", max_tokens=10, head_dim=3, acc_bits=18, pe_rows=3)
+    odd = dataclasses.replace(TINY, name="odd", max_tokens=10, head_dim=3, acc_bits=20, pe_rows=3)
     check_matmul_run(odd, 10, 3, 10)
     check_matmul_run(odd, 3, 10, 3)
     assert pe_buffer_depths(odd)[0] == max(4 * 3, 1 * 10, 4 * 3)
