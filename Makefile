@@ -46,6 +46,8 @@ test: env
 bench: env
 	$(BIN)/spattn bench topk -o $(REPORTS)
 	$(BIN)/spattn bench pe_array --no-pnr -o $(REPORTS)
+	$(BIN)/spattn bench attention -o $(REPORTS)
+	$(BIN)/spattn bench softmax -o $(REPORTS)
 
 eval: env
 	$(BIN)/spattn eval --out $(REPORTS)

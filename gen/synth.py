@@ -97,8 +97,11 @@ class PnrResult:
 
 
 def place_and_route_ecp5(synth: SynthResult, target_mhz, device="85k", package="CABGA381",
-                         seed=1) -> PnrResult:
-    """Place and route ``synth`` (an ECP5 netlist) out of context; return utilization and Fmax."""
+                         seed=1, router="router1") -> PnrResult:
+    """Place and route ``synth`` (an ECP5 netlist) out of context; return utilization and Fmax.
+
+    ``router``: nextpnr's ``router1`` (its default) or ``router2`` (much faster on large designs).
+    """
     from spattn.fpga.build import parse_nextpnr_report
     from spattn.fpga.toolchain import toolchain_env
 
@@ -109,7 +112,8 @@ def place_and_route_ecp5(synth: SynthResult, target_mhz, device="85k", package="
     started = time.monotonic()
     _run([env["NEXTPNR_ECP5"], f"--{device}", "--package", package, "--json", Path(synth.netlist).name,
           "--out-of-context", "--freq", str(target_mhz), "--timing-allow-fail", "--seed", str(seed),
-          "--report", report.name, "--log", log.name], env, base.with_suffix(".nextpnr.out"))
+          "--router", router, "--report", report.name, "--log", log.name], env,
+         base.with_suffix(".nextpnr.out"))
     figures = parse_nextpnr_report(report, "ecp5", log_text=log.read_text(errors="replace"))
     return PnrResult(device=f"LFE5U-{device.upper().rstrip('K')}F", fmax_mhz=figures["fmax_mhz"],
                      target_mhz=float(target_mhz), luts=figures["luts_used"],

@@ -222,7 +222,9 @@ class AttentionCore(wiring.Component):
 
         def chunk_present(row, chunk, name):
             """Present flags of the ``pe_cols`` keys of ``chunk`` for the dynamic block row ``row``."""
-            mask_bits = select(mask_rows, row, f"{name}_mask").word_select(chunk, C)
+            # Slice each row's chunk first: R small muxes instead of one over whole mask rows.
+            mask_bits = select([wire(m, mask_row.word_select(chunk, C), f"{name}_mask{r}", C)
+                                for r, mask_row in enumerate(mask_rows)], row, f"{name}_mask")
             flags = []
             for c in range(C):
                 key = wire(m, chunk * C + c, f"{name}_key{c}", pos_shape)
@@ -815,7 +817,6 @@ class AttentionCore(wiring.Component):
                         with m.Else():
                             m.next = "BLOCK"
 
-        self._debug_fsm = fsm  # DEBUG
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         with m.If(self.busy):
             m.d.sync += busy_cycles.eq(busy_cycles + 1)

@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from spattn.config import preset
 from spattn.sim.runner import run_bench
 
-__all__ = ["bench_topk", "bench_pe_array", "main"]
+__all__ = ["bench_topk", "bench_pe_array", "bench_attention", "bench_softmax", "main"]
 
 TOPK_SIZES = (16, 64, 256, 1024)
 TOPK_RATIOS = (0.1, 0.5, 0.9)
@@ -143,15 +144,203 @@ def format_pe_array(rows, impls, cfg, simulator, seconds):
     return "\n".join(lines) + "\n"
 
 
+ATTN_SENTENCES = (41, 43)      # 44 and 98 tokens of the evaluation corpus
+ATTN_LAYERS = (0, 5)
+ATTN_HEADS = (0, 3, 6, 9)       # a third of MiniLM's heads keeps a default run near 10 minutes
+ATTN_THRESHOLD = 0.1
+ATTN_KEEPS = (1.0, 0.5, 0.25)
+
+
+def attention_settings(cfg, threshold=ATTN_THRESHOLD, keeps=ATTN_KEEPS):
+    """The benchmarked settings: dense (every row once at full precision, every V row), then
+    progressive quantization at ``threshold`` with each value-keep ratio of ``keeps``."""
+    from spattn.formats import AttentionFormats, recompute_threshold_int, value_keep_int
+
+    prob = AttentionFormats.of(cfg).prob
+    settings = [{"name": "dense", "progressive": False, "threshold": 0, "value_keep": value_keep_int(1.0)}]
+    for keep in keeps:
+        settings.append({"name": f"progressive {threshold:g}, keep {keep:g}", "progressive": True,
+                         "threshold": recompute_threshold_int(threshold, prob),
+                         "value_keep": value_keep_int(keep)})
+    return settings
+
+
+def bench_attention(out_dir="reports", simulator="verilator", sentences=ATTN_SENTENCES, layers=ATTN_LAYERS,
+                    heads=ATTN_HEADS, threshold=ATTN_THRESHOLD, keeps=ATTN_KEEPS, latency=4):
+    """Cycles, memory traffic, recomputed rows and PE utilization of the attention core (``minilm``
+    preset) on real MiniLM heads, per setting; every head is checked bit for bit. Returns the rows,
+    one per head and setting."""
+    from spattn.sim.golden.corpus import eval_sentences
+    from spattn.sim.golden.minilm import load_minilm
+
+    cfg = preset("minilm")
+    settings = attention_settings(cfg, threshold, keeps)
+    spec = {"latency": latency, "sentences": list(sentences), "layers": list(layers),
+            "heads": list(heads) if heads else None, "settings": settings}
+    started = time.monotonic()
+    rows = _run_sweep("attention", cfg, "spattn.sim.benches.attention_bench", simulator,
+                      {"SPATTN_ATTN_BENCH": json.dumps(spec)}, testcase="benchmark")
+    seconds = time.monotonic() - started
+    model, texts = load_minilm(), eval_sentences()
+    tokens = {s: min(cfg.max_tokens, len(model.encode(texts[s]))) for s in sentences}
+    summary = summarize_attention(rows)
+    table = format_attention(rows, summary, cfg, tokens, simulator, latency, seconds)
+    _write_report(out_dir, "attention", table,
+                  {"config": cfg.name, "latency": latency, "simulator": simulator,
+                   "seconds": round(seconds, 1), "settings": settings, "summary": summary, "heads": rows})
+    return rows
+
+
+def _group(rows, key):
+    groups = {}
+    for row in rows:
+        groups.setdefault(key(row), []).append(row)
+    return groups
+
+
+def _aggregate(rows):
+    """Totals over heads: cycles and bytes summed, utilizations from the summed MACs and cycles."""
+    total = {name: sum(r[name] for r in rows) for name in
+             ("n", "busy_cycles", "bytes_fetched", "dense_bytes", "rows_recomputed", "pe_busy_cycles",
+              "pe_macs")}
+    return {"heads": len(rows), **total}
+
+
+def summarize_attention(rows):
+    """Per setting and per (sentence, layer, setting): the totals of :func:`_aggregate`."""
+    out = []
+    for (sentence, layer, setting), group in _group(rows, lambda r: (r["sentence"], r["layer"],
+                                                                     r["setting"])).items():
+        out.append({"sentence": sentence, "layer": layer, "setting": setting, **_aggregate(group)})
+    for setting, group in _group(rows, lambda r: r["setting"]).items():
+        out.append({"sentence": None, "layer": None, "setting": setting, **_aggregate(group)})
+    return out
+
+
+def format_attention(rows, summary, cfg, tokens, simulator, latency, seconds):
+    pe = cfg.pe_rows * cfg.pe_cols
+
+    def line(s):
+        where = "all" if s["sentence"] is None else f"{s['sentence']} ({tokens[s['sentence']]} tok)"
+        return [where, "all" if s["layer"] is None else str(s["layer"]), s["setting"], str(s["heads"]),
+                f"{s['busy_cycles'] / s['heads']:.0f}", f"{s['busy_cycles'] / s['n']:.1f}",
+                f"{s['bytes_fetched'] / s['heads']:.0f}",
+                f"{100 * s['bytes_fetched'] / s['dense_bytes']:.1f}%",
+                f"{100 * s['rows_recomputed'] / s['n']:.1f}%",
+                f"{100 * s['pe_macs'] / (pe * s['busy_cycles']):.1f}%",
+                f"{100 * s['pe_macs'] / (pe * max(1, s['pe_busy_cycles'])):.1f}%"]
+
+    lines = [
+        f"Attention core, preset {cfg.name}: {cfg.pe_rows} x {cfg.pe_cols} PE array, "
+        f"head_dim {cfg.head_dim}, "
+        f"{cfg.act_bits}-bit Q/K/V as {cfg.act_msb_bits} MSB + {cfg.act_lsb_bits} LSB planes. Real "
+        f"all-MiniLM-L6-v2 heads (whole evaluation sentences), every output beat checked against the "
+        f"golden model. Streams never stalled; memory answers each plane row {latency} cycles after "
+        f"its request, pipelined ({simulator}, {len(rows)} heads, {seconds:.0f} s wall).",
+        "",
+        "Cycles = the core's busy_cycles per head; bytes = memory responses per head, against the dense "
+        "full-precision baseline 3·n·head_dim·act_bits/8; recomputed = rows computed a second time at "
+        "full precision; utilization = PE MACs / (R·C·busy cycles), and over the cycles the PE array "
+        "computed (pe_busy_cycles).",
+        "",
+        *_markdown_table(
+            ["sentence", "layer", "setting", "heads", "cycles / head", "cycles / row", "bytes / head",
+             "bytes vs dense", "rows recomputed", "PE util (busy)", "PE util (PE busy)"],
+            ["---:", "---:", "---"] + ["---:"] * 8,
+            [line(s) for s in summary]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SOFTMAX_PRESETS = ("tiny", "default", "minilm")
+SOFTMAX_LENGTHS = (16, 64)        # and each preset's max_tokens
+SOFTMAX_SENTENCES = (0, 41, 43, 44, 45)    # 12, 44, 98, 172 and 228 tokens of the evaluation corpus
+SOFTMAX_LAYERS = (0, 1, 2, 3, 4, 5)
+
+
+def bench_softmax(out_dir="reports", presets=SOFTMAX_PRESETS, lengths=SOFTMAX_LENGTHS,
+                  sentences=SOFTMAX_SENTENCES, layers=SOFTMAX_LAYERS):
+    """Error of the integer softmax against float softmax of the same integer Q, K, per preset,
+    source (random or real MiniLM rows, :mod:`spattn.sim.softmax_error`) and keys per row."""
+    from spattn.formats import AttentionFormats
+    from spattn.sim.softmax_error import RANDOM_ROWS, RANDOM_STD, minilm_rows, random_rows
+
+    started = time.monotonic()
+    cfgs = [preset(name) for name in presets]
+    real = minilm_rows(cfgs, sentences, layers)
+    rows = []
+    for cfg in cfgs:
+        groups = [("random", n, random_rows(cfg, n)) for n in sorted({*lengths, cfg.max_tokens})
+                  if n <= cfg.max_tokens]
+        groups += [("minilm", n, real[(name, n)]) for name, n in sorted(real) if name == cfg.name]
+        lsb = 2.0 ** -AttentionFormats.of(cfg).prob.frac
+        for source, n, (abs_max, abs_sum, sum_err, argmax, softmax_max) in groups:
+            rows.append({"preset": cfg.name, "prob_lsb": lsb, "source": source, "n": n, "rows": len(abs_max),
+                         "max_abs": float(abs_max.max()), "mean_abs": float(abs_sum.sum()) / (len(abs_max) * n),
+                         "max_sum_err": float(sum_err.abs().max()),
+                         "argmax_differs": float(argmax.double().mean()),
+                         "max_abs_softmax_only": float(softmax_max.max())})
+    seconds = time.monotonic() - started
+    table = format_softmax(rows, RANDOM_STD, RANDOM_ROWS, sentences, layers, seconds)
+    _write_report(out_dir, "softmax_error", table,
+                  {"random_std": RANDOM_STD, "random_rows": RANDOM_ROWS, "sentences": list(sentences),
+                   "layers": list(layers), "seconds": round(seconds, 1), "rows": rows})
+    return rows
+
+
+def format_softmax(rows, std, random_rows, sentences, layers, seconds):
+    lines = [
+        "Integer softmax (scores_int, softmax_int) against float64 softmax(Q Kᵀ / sqrt(d)) of the same "
+        "integer Q, K (float_probs): the score rounding, the exponent table, the reciprocal and the "
+        f"final rounding together. random: Q, K entries normal with standard deviation {std:g}, "
+        f"quantized to the preset's act format, at least {random_rows} rows per length (seed 0). "
+        f"minilm: all-MiniLM-L6-v2 Q, K of evaluation sentences {', '.join(map(str, sentences))} at "
+        f"layers {', '.join(map(str, layers))}, quantized, all heads (tiny: first 2 heads, 16 channels, "
+        "64 tokens; default: MiniLM heads joined in pairs into 64 channels); n = keys per row. "
+        "Errors are per probability, in prob LSBs and real units; row sum = |sum of a row's "
+        "probabilities - 1|; argmax differs = rows whose most probable key (ties to the lower key) "
+        "is not the float one's; softmax alone = max abs error against the exact softmax of the same "
+        f"integer scores (without the score rounding). {seconds:.0f} s wall.",
+        "",
+        *_markdown_table(
+            ["preset", "prob LSB", "source", "n", "rows", "max abs error (LSB)", "max abs error",
+             "mean abs error (LSB)", "max row-sum error (LSB)", "argmax differs",
+             "softmax alone: max abs error (LSB)"],
+            ["---", "---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"],
+            [[r["preset"], f"2^{round(math.log2(r['prob_lsb']))}", r["source"], str(r["n"]), str(r["rows"]),
+              f"{r['max_abs'] / r['prob_lsb']:.1f}", f"{r['max_abs']:.2e}",
+              f"{r['mean_abs'] / r['prob_lsb']:.2f}", f"{r['max_sum_err'] / r['prob_lsb']:.0f}",
+              f"{100 * r['argmax_differs']:.2f}%", f"{r['max_abs_softmax_only'] / r['prob_lsb']:.1f}"]
+             for r in rows]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _indices(text):
+    return [int(part) for part in text.split(",") if part]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="spattn bench", description=__doc__)
-    parser.add_argument("block", choices=["topk", "pe_array"])
+    parser.add_argument("block", choices=["topk", "pe_array", "attention", "softmax"])
     parser.add_argument("-o", "--out", default="reports", help="report directory (default: reports)")
     parser.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     parser.add_argument("--trials", type=int, default=5, help="random score sets per point")
     parser.add_argument("--no-pnr", action="store_true", help="pe_array: skip synthesis and nextpnr")
+    parser.add_argument("--sentences", type=_indices, default=list(ATTN_SENTENCES),
+                        help="attention: evaluation sentences (default: %(default)s)")
+    parser.add_argument("--layers", type=_indices, default=list(ATTN_LAYERS),
+                        help="attention: MiniLM layers (default: %(default)s)")
+    parser.add_argument("--heads", type=_indices, default=list(ATTN_HEADS),
+                        help="attention: heads, empty for all (default: %(default)s)")
+    parser.add_argument("--latency", type=int, default=4, help="attention: memory latency in cycles")
     args = parser.parse_args(argv)
-    if args.block == "pe_array":
+    if args.block == "softmax":
+        bench_softmax(args.out)
+    elif args.block == "attention":
+        bench_attention(args.out, args.simulator, args.sentences, args.layers, args.heads,
+                        latency=args.latency)
+    elif args.block == "pe_array":
         bench_pe_array(args.out, args.simulator, pnr=not args.no_pnr)
     else:
         bench_topk(args.out, args.simulator, trials=args.trials)

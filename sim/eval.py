@@ -80,9 +80,9 @@ def _pq_label(threshold, msb=None, frac=None):
 def sweep(quick=False):
     """The settings, per technique family and combined.
 
-    The ``minilm`` preset's Q/K/V format has 6 fraction bits (range +-32) while MiniLM's Q/K/V stay
-    within +-8, so its 8-bit MSB planes keep only 2 fraction bits; the ``act_frac 8`` settings show
-    what a binary point fitted to the model gives.
+    The ``minilm`` preset's Q/K/V format has 8 fraction bits (range +-8; MiniLM's layer-0 Q and K
+    reach +-12.1, so a few values saturate); the ``act_frac 7`` settings show what one more integer
+    bit costs: the 8-bit MSB planes then keep 3 fraction bits instead of 4.
     """
     s = [Setting("dense, integer path", "dense")]
     s += [Setting(f"token keep {r}/layer", "token pruning", (("token_keep", (r,)),))
@@ -94,17 +94,17 @@ def sweep(quick=False):
     s += [Setting(f"value keep {r}", "local value pruning", (("value_keep", r),))
           for r in (0.7, 0.5, 0.3, 0.2, 0.1)]
     s += [Setting(_pq_label(t), "progressive quantization", _pq(t)) for t in (0.0, 0.05, 0.2, 0.5, 0.8)]
-    s += [Setting(_pq_label(t, frac=8), "progressive quantization, act_frac 8", _pq(t, frac=8))
+    s += [Setting(_pq_label(t, frac=7), "progressive quantization, act_frac 7", _pq(t, frac=7))
           for t in (0.0, 0.2, 0.5)]
-    s += [Setting(_pq_label(t, m, 8), "progressive quantization, act_frac 8", _pq(t, m, 8))
+    s += [Setting(_pq_label(t, m), "progressive quantization", _pq(t, m))
           for m in (7, 6) for t in (0.0, 0.2, 0.5)]
     s += [Setting(f"DynaTran |x| < {t}", "DynaTran", (("dynatran_threshold", t),))
           for t in (0.02, 0.05, 0.1, 0.2)]
     s += [Setting(f"static mask {d}", "static mask", (("static_mask_density", d),)) for d in (0.7, 0.5, 0.3)]
     for msb, t in ((8, 0.0), (7, 0.2)):
         for v, r in ((0.7, 1.0), (0.7, 0.98), (0.5, 0.98), (0.7, 0.95)):
-            label = f"{_pq_label(t, msb, 8)} + value {v}" + (f" + token {r}" if r < 1 else "")
-            s += [Setting(label, "combined", _pq(t, msb, 8) + (("value_keep", v), ("token_keep", (r,))))]
+            label = f"{_pq_label(t, msb)} + value {v}" + (f" + token {r}" if r < 1 else "")
+            s += [Setting(label, "combined", _pq(t, msb) + (("value_keep", v), ("token_keep", (r,))))]
     if quick:
         s = [s[0], s[3], s[11], s[14]]
     return s

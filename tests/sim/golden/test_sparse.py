@@ -144,7 +144,7 @@ def test_static_masks(minilm, ids):
     ({"head_keep": (1.5,)}, r"head_keep\[0\] must be a number in \(0, 1\], not 1.5"),
     ({"value_keep": 0}, r"value_keep must be a number in \(0, 1\], not 0"),
     ({"recompute_threshold": 2.0}, r"recompute_threshold must be a number in \[0, 1\], not 2.0"),
-    ({"dynatran_threshold": -1}, r"dynatran_threshold must be a number in \[0, 31.984375\]"),
+    ({"dynatran_threshold": -1}, r"dynatran_threshold must be a number in \[0, 7.99609375\]"),
     ({"static_mask_density": 0.0}, r"static_mask_density must be a number in \(0, 1\], not 0.0"),
     ({"layers": 0}, r"layers must be a positive integer, not 0"),
 ])

@@ -1,0 +1,52 @@
+"""The attention core's generated Verilog against the golden model, on both simulators."""
+
+import dataclasses
+import json
+
+import pytest
+
+from spattn.config import preset
+from spattn.sim.bench import attention_settings, format_attention, summarize_attention
+from spattn.sim.runner import SIMULATORS, run_bench
+
+# attn4: a 4 x 4 PE array (on the ULX3S, for the multipliers) with the tiny preset's formats and
+# 64 tokens: every test of the bench. tiny: the iCE40 preset's 2 x 2 array, fewer tests.
+# SPATTN_ATTN_WORK bounds the heads of the tests (cycles of one Q·Kᵀ pass): on attn4, n up to 64 =
+# max_tokens on Verilator; Icarus, the slower simulator, gets n up to 32 and one random head of 64.
+CONFIGS = {
+    "attn4": dataclasses.replace(preset("tiny"), name="attn4", board="ulx3s-85f", clock_mhz=25.0,
+                                 pe_rows=4, pe_cols=4),
+    "tiny": preset("tiny"),
+}
+TESTCASES = {
+    "attn4": None,
+    "tiny": ["random_heads", "causal_heads", "static_mask", "reset_mid_head"],
+}
+ENV = {"verilator": {"SPATTN_ATTN_WORK": "4096"},
+       "icarus": {"SPATTN_ATTN_WORK": "1024", "SPATTN_ATTN_LARGEST_WORK": "4096"}}
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_attention_core_matches_golden_model(simulator, config, tmp_path):
+    cfg, env = CONFIGS[config], dict(ENV[simulator])
+    bench_out = tmp_path / "bench.jsonl"
+    benchmark = simulator == "verilator" and config == "attn4"
+    if benchmark:
+        # the benchmark test too, on one short MiniLM head (what `spattn bench attention` runs)
+        settings = attention_settings(cfg, keeps=(1.0, 0.5))
+        env.update(SPATTN_ATTN_BENCH=json.dumps({"latency": 3, "sentences": [0], "layers": [1], "heads": [1],
+                                                 "settings": settings}),
+                   SPATTN_BENCH_OUT=str(bench_out))
+    run_bench("attention", cfg, "spattn.sim.benches.attention_bench", simulator=simulator,
+              testcase=TESTCASES[config], extra_env=env)
+    if benchmark:
+        rows = [json.loads(line) for line in bench_out.read_text().splitlines()]
+        assert [r["setting"] for r in rows] == [s["name"] for s in settings]
+        dense, *sparse = rows
+        assert dense["bytes_fetched"] == dense["dense_bytes"] == 3 * 12 * cfg.head_dim * cfg.act_bits / 8
+        assert dense["rows_recomputed"] == 0
+        assert all(r["bytes_fetched"] < dense["bytes_fetched"] for r in sparse)
+        assert all(0 < r["utilization"] <= r["pe_utilization"] <= 1 for r in rows)
+        table = format_attention(rows, summarize_attention(rows), cfg, {0: 12}, simulator, 3, 1.0)
+        assert table.count("\n| ") == 2 * len(settings) + 1
