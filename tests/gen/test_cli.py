@@ -32,6 +32,7 @@ def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unknown_block_names_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"block must be one of \['pe_array', 'pe_array_sat', 'pe_array_ws', "
+    with pytest.raises(ValueError, match=r"block must be one of \['attention', 'pe_array', 'pe_array_sat', "
+                                         r"'pe_array_ws', "
                                          r"'pe_array_ws_sat', 'topk'\], not 'fft'"):
         generate(preset("tiny"), tmp_path, block="fft")
