@@ -521,33 +521,13 @@ class AttentionCore(wiring.Component):
         any_plain = any_of([row_valid[r] & ~redo[r] for r in range(R)], "any_plain")
         redo_count = popcount(m, [row_valid[r] & redo[r] for r in range(R)], "redo_count")
 
-        def scan_rows(name, plane, want, next_state):
-            """Request the Q rows of the block (``want``: for the row ``scan``) into their slots."""
+        def scan_state(name, tensor, plane, row, limit, wanted, taken, next_state):
+            """Walk ``scan`` up to ``limit``, requesting row ``row`` of (tensor, plane) while it is
+            ``wanted`` (``taken()``: what a granted request does besides the request)."""
             with m.State(name):
-                m.d.comb += [req.tensor.eq(TENSOR_Q), req.plane.eq(plane), req.row.eq(i0 + scan),
+                m.d.comb += [req.tensor.eq(tensor), req.plane.eq(plane), req.row.eq(row),
                              req.slot.eq(scan)]
-                with m.If(scan == rows):
-                    m.d.sync += scan.eq(0)
-                    m.next = next_state
-                with m.Elif(~want):
-                    m.d.sync += scan.eq(scan + 1)
-                with m.Else():
-                    m.d.comb += req_valid.eq(1)
-                    with m.If(req_take):
-                        m.d.sync += scan.eq(scan + 1)
-
-        def scan_keys(name, tensor, plane, next_state):
-            """Request the K or V rows of ``plane`` that the block wants and were not fetched yet."""
-            key = "k" if tensor == TENSOR_K else "v"
-            wants = key_wants[key, plane]
-            lane = Const(0, range(C))
-            for c in reversed(range(C)):
-                lane = Mux(wants[c], c, lane)
-            row = wire(m, scan * C + lane, f"{name.lower()}_row", pos_shape)
-            wanted = any_of(wants, f"{name.lower()}_any")
-            with m.State(name):
-                m.d.comb += [req.tensor.eq(tensor), req.plane.eq(plane), req.row.eq(row)]
-                with m.If(scan == n_chunks):
+                with m.If(scan == limit):
                     m.d.sync += scan.eq(0)
                     m.next = next_state
                 with m.Elif(~wanted):
@@ -555,7 +535,28 @@ class AttentionCore(wiring.Component):
                 with m.Else():
                     m.d.comb += req_valid.eq(1)
                     with m.If(req_take):
-                        m.d.sync += loaded[key, plane].bit_select(row, 1).eq(1)
+                        taken()
+
+        def scan_rows(name, plane, want, next_state):
+            """Request the Q rows of the block (``want``: for the row ``scan``) into their slots."""
+            def next_row():
+                m.d.sync += scan.eq(scan + 1)
+            scan_state(name, TENSOR_Q, plane, i0 + scan, rows, want, next_row, next_state)
+
+        def scan_keys(name, tensor, plane, next_state):
+            """Request the K or V rows of ``plane`` that the block wants and were not fetched yet,
+            a chunk of C keys per step, lowest wanted key first."""
+            key = "k" if tensor == TENSOR_K else "v"
+            wants = key_wants[key, plane]
+            lane = Const(0, range(C))
+            for c in reversed(range(C)):
+                lane = Mux(wants[c], c, lane)
+            row = wire(m, scan * C + lane, f"{name.lower()}_row", pos_shape)
+
+            def mark_loaded():
+                m.d.sync += loaded[key, plane].bit_select(row, 1).eq(1)
+            scan_state(name, tensor, plane, row, n_chunks, any_of(wants, f"{name.lower()}_any"),
+                       mark_loaded, next_state)
 
         def start_matmul(qk, is_full):
             """Set up a PE-array pass: Q·Kᵀ (``qk``) or P·V, at full precision or not."""

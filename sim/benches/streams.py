@@ -51,6 +51,14 @@ class _StreamPort:
     def stalls(self):
         return self.stall_probability > 0 and self.rng.random() < self.stall_probability
 
+    async def _run(self):
+        """Drive on the falling edge, sample the handshake in the read-only phase before the rising one."""
+        while True:
+            await FallingEdge(self.clock)
+            self._drive()
+            await ReadOnly()
+            self._sample()
+
 
 class StreamSource(_StreamPort):
     """Sends queued payloads (Python values of ``layout``) into an ``In`` stream port of the DUT.
@@ -95,13 +103,6 @@ class StreamSource(_StreamPort):
             self.transfers.append(self.counter.now + 1)  # it happens at the coming edge
             self.current = None
 
-    async def _run(self):
-        while True:
-            await FallingEdge(self.clock)
-            self._drive()
-            await ReadOnly()
-            self._sample()
-
 
 class StreamSink(_StreamPort):
     """Takes beats from an ``Out`` stream port of the DUT and hands them to ``on_beat``.
@@ -128,13 +129,6 @@ class StreamSink(_StreamPort):
         if self._ready and self.valid.value == 1:
             self.beats += 1
             self.on_beat(self.layout.from_bits(self.payload.value.to_unsigned()), self.counter.now + 1)
-
-    async def _run(self):
-        while True:
-            await FallingEdge(self.clock)
-            self._drive()
-            await ReadOnly()
-            self._sample()
 
 
 class StreamGroup:
