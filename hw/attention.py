@@ -138,6 +138,15 @@ class AttentionCore(wiring.Component):
         Counters of the current (or last) head, cleared by a command: cycles while busy, bytes of
         memory responses (a plane row is :func:`spattn.formats.plane_row_bytes`), rows computed a
         second time at full precision, cycles the PE array computed, its multiply-accumulates.
+
+    Latency and throughput
+    ----------------------
+    One head at a time; the blocks of a head run one after the other, and within a block fetch,
+    Q·Kᵀ, softmax, recompute, value pruning, P·V and output follow each other. Per block of n keys
+    (no stalls): Q·Kᵀ about ``2 * head_dim * ceil(n / C) + ceil(n / C) * (C + 1)`` cycles (the PE
+    array loads, then computes), softmax about ``2 * R * (ceil(n / C) + 1)`` plus one division
+    (``reciprocal_bits`` cycles), P·V about ``2 * n * ceil(head_dim / C)`` per precision pass, and a
+    top-k run per pruned row. ``spattn bench attention`` measures whole heads (README).
     """
 
     #: Memory requests that may be in flight at once (the depth of the destination queue).
@@ -180,7 +189,6 @@ class AttentionCore(wiring.Component):
         pos_shape = unsigned(bits_for(TP + R + C))
         score_shape = fmt.score.shape
         prob_bits = fmt.prob.bits
-        operand = signed(self.operand_bits)
         counter = unsigned(COUNTER_BITS)
 
         m.submodules.pe = pe = PEArray(cfg, operand_bits=self.operand_bits)
@@ -332,7 +340,6 @@ class AttentionCore(wiring.Component):
         b_primed = Signal()
         a_take = wire(m, pe.a.valid & pe.a.ready, "a_take")
         b_take = wire(m, pe.b.valid & pe.b.ready, "b_take")
-        b_panels = Signal(pos_shape)
 
         k_panel_msb = [Signal(msb_layout, name=f"k_panel_msb{c}") for c in range(C)]
         k_panel_lsb = [Signal(lsb_layout, name=f"k_panel_lsb{c}") for c in range(C)]

@@ -1,6 +1,6 @@
 """SpAtten-style top-k engine: quick-select by value bisection over P comparator lanes."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
