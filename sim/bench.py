@@ -144,45 +144,54 @@ def format_pe_array(rows, impls, cfg, simulator, seconds):
     return "\n".join(lines) + "\n"
 
 
-ATTN_SENTENCES = (41, 43)      # 44 and 98 tokens of the evaluation corpus
+ATTN_SENTENCES = (41, 43, -1)   # 44 and 98 tokens of the evaluation corpus, and max_tokens (-1)
 ATTN_LAYERS = (0, 5)
 ATTN_HEADS = (0, 3, 6, 9)       # a third of MiniLM's heads keeps a default run near 10 minutes
 ATTN_THRESHOLD = 0.1
 ATTN_KEEPS = (1.0, 0.5, 0.25)
+#: DynaTran thresholds (real units): 0.1 zeroes about 11% of MiniLM's Q/K/V at a mean embedding
+#: cosine of 0.998 (``spattn eval``); None prunes everything.
+ATTN_DYNATRAN = (0.1, None)
 
 
-def attention_settings(cfg, threshold=ATTN_THRESHOLD, keeps=ATTN_KEEPS):
+def attention_settings(cfg, threshold=ATTN_THRESHOLD, keeps=ATTN_KEEPS, dynatran=ATTN_DYNATRAN):
     """The benchmarked settings: dense (every row once at full precision, every V row), then
-    progressive quantization at ``threshold`` with each value-keep ratio of ``keeps``."""
-    from spattn.formats import AttentionFormats, recompute_threshold_int, value_keep_int
+    progressive quantization at ``threshold`` with each value-keep ratio of ``keeps``, then dense
+    with each DynaTran threshold of ``dynatran`` (None: one that prunes every value)."""
+    from spattn.formats import (AttentionFormats, dynatran_threshold_int, recompute_threshold_int,
+                                value_keep_int)
 
-    prob = AttentionFormats.of(cfg).prob
-    settings = [{"name": "dense", "progressive": False, "threshold": 0, "value_keep": value_keep_int(1.0)}]
+    fmt = AttentionFormats.of(cfg)
+    dense = {"progressive": False, "threshold": 0, "value_keep": value_keep_int(1.0), "dynatran": 0}
+    settings = [{"name": "dense", **dense}]
     for keep in keeps:
-        settings.append({"name": f"progressive {threshold:g}, keep {keep:g}", "progressive": True,
-                         "threshold": recompute_threshold_int(threshold, prob),
+        settings.append({"name": f"progressive {threshold:g}, keep {keep:g}", **dense, "progressive": True,
+                         "threshold": recompute_threshold_int(threshold, fmt.prob),
                          "value_keep": value_keep_int(keep)})
+    for tau in dynatran:
+        if tau is None:
+            settings.append({"name": "DynaTran, prune all", **dense, "dynatran": (1 << (cfg.act_bits - 1)) + 1})
+        else:
+            settings.append({"name": f"DynaTran {tau:g}", **dense,
+                             "dynatran": dynatran_threshold_int(tau, fmt.act)})
     return settings
 
 
 def bench_attention(out_dir="reports", simulator="verilator", sentences=ATTN_SENTENCES, layers=ATTN_LAYERS,
-                    heads=ATTN_HEADS, threshold=ATTN_THRESHOLD, keeps=ATTN_KEEPS, latency=4):
+                    heads=ATTN_HEADS, threshold=ATTN_THRESHOLD, keeps=ATTN_KEEPS, latency=4,
+                    dynatran=ATTN_DYNATRAN):
     """Cycles, memory traffic, recomputed rows and PE utilization of the attention core (``minilm``
     preset) on real MiniLM heads, per setting; every head is checked bit for bit. Returns the rows,
     one per head and setting."""
-    from spattn.sim.golden.corpus import eval_sentences
-    from spattn.sim.golden.minilm import load_minilm
-
     cfg = preset("minilm")
-    settings = attention_settings(cfg, threshold, keeps)
+    settings = attention_settings(cfg, threshold, keeps, dynatran)
     spec = {"latency": latency, "sentences": list(sentences), "layers": list(layers),
             "heads": list(heads) if heads else None, "settings": settings}
     started = time.monotonic()
     rows = _run_sweep("attention", cfg, "spattn.sim.benches.attention_bench", simulator,
                       {"SPATTN_ATTN_BENCH": json.dumps(spec)}, testcase="benchmark")
     seconds = time.monotonic() - started
-    model, texts = load_minilm(), eval_sentences()
-    tokens = {s: min(cfg.max_tokens, len(model.encode(texts[s]))) for s in sentences}
+    tokens = {row["sentence"]: row["n"] for row in rows}
     summary = summarize_attention(rows)
     table = format_attention(rows, summary, cfg, tokens, simulator, latency, seconds)
     _write_report(out_dir, "attention", table,
@@ -202,7 +211,7 @@ def _aggregate(rows):
     """Totals over heads: cycles and bytes summed, utilizations from the summed MACs and cycles."""
     total = {name: sum(r[name] for r in rows) for name in
              ("n", "busy_cycles", "bytes_fetched", "dense_bytes", "rows_recomputed", "pe_busy_cycles",
-              "pe_macs")}
+              "pe_macs", "ideal_cycles")}
     return {"heads": len(rows), **total}
 
 
@@ -223,30 +232,34 @@ def format_attention(rows, summary, cfg, tokens, simulator, latency, seconds):
     def line(s):
         where = "all" if s["sentence"] is None else f"{s['sentence']} ({tokens[s['sentence']]} tok)"
         return [where, "all" if s["layer"] is None else str(s["layer"]), s["setting"], str(s["heads"]),
-                f"{s['busy_cycles'] / s['heads']:.0f}", f"{s['busy_cycles'] / s['n']:.1f}",
+                f"{s['busy_cycles'] / s['heads']:.0f}", f"{s['ideal_cycles'] / s['heads']:.0f}",
+                f"{s['busy_cycles'] / s['ideal_cycles']:.2f}",
+                f"{100 * s['ideal_cycles'] / s['busy_cycles']:.1f}%",
                 f"{s['bytes_fetched'] / s['heads']:.0f}",
                 f"{100 * s['bytes_fetched'] / s['dense_bytes']:.1f}%",
                 f"{100 * s['rows_recomputed'] / s['n']:.1f}%",
                 f"{100 * s['pe_macs'] / (pe * s['busy_cycles']):.1f}%",
-                f"{100 * s['pe_macs'] / (pe * max(1, s['pe_busy_cycles'])):.1f}%"]
+                f"{100 * s['pe_busy_cycles'] / s['busy_cycles']:.1f}%"]
 
     lines = [
         f"Attention core, preset {cfg.name}: {cfg.pe_rows} x {cfg.pe_cols} PE array, "
         f"head_dim {cfg.head_dim}, "
         f"{cfg.act_bits}-bit Q/K/V as {cfg.act_msb_bits} MSB + {cfg.act_lsb_bits} LSB planes. Real "
-        f"all-MiniLM-L6-v2 heads (whole evaluation sentences), every output beat checked against the "
-        f"golden model. Streams never stalled; memory answers each plane row {latency} cycles after "
-        f"its request, pipelined ({simulator}, {len(rows)} heads, {seconds:.0f} s wall).",
+        f"all-MiniLM-L6-v2 heads (whole evaluation sentences; -1 is the corpus run together to "
+        f"max_tokens), every output beat checked against the golden model. Streams never stalled; "
+        f"memory answers each plane row {latency} cycles after its request, pipelined ({simulator}, "
+        f"{len(rows)} heads, {seconds:.0f} s wall).",
         "",
-        "Cycles = the core's busy_cycles per head; bytes = memory responses per head, against the dense "
-        "full-precision baseline 3·n·head_dim·act_bits/8; recomputed = rows computed a second time at "
-        "full precision; utilization = PE MACs / (R·C·busy cycles), and over the cycles the PE array "
-        "computed (pe_busy_cycles).",
+        "Cycles = the core's busy_cycles per head; ideal = 2·n²·head_dim/(R·C), the dense head at one "
+        "multiply-accumulate per PE per cycle; util = ideal / cycles (the target is 75% on dense "
+        "heads); bytes = memory responses per head, against the dense full-precision baseline "
+        "3·n·head_dim·act_bits/8; recomputed = rows computed a second time at full precision; MAC "
+        "util = PE MACs / (R·C·cycles); grid busy = cycles the grid took a step / cycles.",
         "",
         *_markdown_table(
-            ["sentence", "layer", "setting", "heads", "cycles / head", "cycles / row", "bytes / head",
-             "bytes vs dense", "rows recomputed", "PE util (busy)", "PE util (PE busy)"],
-            ["---:", "---:", "---"] + ["---:"] * 8,
+            ["sentence", "layer", "setting", "heads", "cycles / head", "ideal / head", "cycles / ideal",
+             "util", "bytes / head", "bytes vs dense", "rows recomputed", "MAC util", "grid busy"],
+            ["---:", "---:", "---"] + ["---:"] * 10,
             [line(s) for s in summary]),
     ]
     return "\n".join(lines) + "\n"

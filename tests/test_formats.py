@@ -1,9 +1,12 @@
+import dataclasses
 import math
+from decimal import Decimal, localcontext
 
 import pytest
 import torch
 
-from spattn.formats import IntFormat, Overflow, Rounding, bits_for
+from spattn.config import PRESETS
+from spattn.formats import SCALE_MULT_BITS, AttentionFormats, IntFormat, Overflow, Rounding, bits_for
 
 
 def test_ranges():
@@ -68,3 +71,63 @@ def test_recompute_threshold_and_row_bytes():
     t = recompute_threshold_int(0.1, prob)
     assert (t - 1) / 2 ** 15 < 0.1 <= t / 2 ** 15
     assert plane_row_bytes(32, 8) == 32 and plane_row_bytes(16, 6) == 12 and plane_row_bytes(3, 3) == 2
+
+
+def _constant_problems(cfg, fmt):
+    """What is wrong with the exponent table and the score scaling of ``fmt`` for ``cfg``, against
+    references computed here with 60-digit decimals (not the module's float code)."""
+    problems = []
+    frac, exp_frac = fmt.score.frac, fmt.exp_frac
+    with localcontext(prec=60):
+        if len(fmt.exp_lut) != 1 << frac:
+            problems.append(f"exp_lut has {len(fmt.exp_lut)} entries, not 2**{frac}")
+        if fmt.exp_lut[0] != 1 << exp_frac:
+            problems.append(f"exp_lut[0] = {fmt.exp_lut[0]}, not 2**exp_frac = {1 << exp_frac}")
+        for f, got in enumerate(fmt.exp_lut):
+            exact = Decimal(2) ** exp_frac * Decimal(2) ** (Decimal(-f) / 2 ** frac)
+            if got != int(exact.to_integral_value()) or abs(got - exact) > Decimal("0.5"):
+                problems.append(f"exp_lut[{f}] = {got}, not the nearest integer to {exact:.6f}")
+        # log2(e) / sqrt(head_dim), from an acc LSB (2**-2*act_frac) to a score LSB (2**-frac)
+        factor = 1 / Decimal(2).ln() / Decimal(cfg.head_dim).sqrt() * Decimal(2) ** (frac - 2 * cfg.act_frac)
+        mult, shift = fmt.scale_mult, fmt.scale_shift
+        exact = factor * Decimal(2) ** shift
+        error = abs(mult - exact) / exact
+        if not error < Decimal(2) ** -(SCALE_MULT_BITS - 1):
+            problems.append(f"scale_mult / 2**scale_shift = {mult} / 2**{shift} is {error:.2e} off")
+        if abs(mult - exact) > Decimal("0.5"):
+            problems.append(f"scale_mult = {mult} is not the nearest integer to {exact:.3f}")
+        low, high = 1 << (SCALE_MULT_BITS - 1), 1 << SCALE_MULT_BITS
+        if not low <= mult < high:
+            problems.append(f"scale_mult = {mult} is not in {low}..{high - 1}")
+    return problems
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_attention_constants_against_decimal_references(name):
+    cfg = PRESETS[name]
+    assert _constant_problems(cfg, AttentionFormats.of(cfg)) == []
+
+
+def _lut_plus_one(fmt, f):
+    lut = list(fmt.exp_lut)
+    lut[f] += 1
+    return dataclasses.replace(fmt, exp_lut=tuple(lut))
+
+
+PERTURBATIONS = {
+    "exp_lut[0]+1": lambda fmt: _lut_plus_one(fmt, 0),
+    "exp_lut[1]+1": lambda fmt: _lut_plus_one(fmt, 1),
+    "exp_lut[-1]+1": lambda fmt: _lut_plus_one(fmt, len(fmt.exp_lut) - 1),
+    "scale_mult+1": lambda fmt: dataclasses.replace(fmt, scale_mult=fmt.scale_mult + 1),
+    "scale_shift+1": lambda fmt: dataclasses.replace(fmt, scale_shift=fmt.scale_shift + 1),
+    # the same ratio, one bit too wide
+    "scale_mult*2": lambda fmt: dataclasses.replace(fmt, scale_mult=2 * fmt.scale_mult,
+                                                    scale_shift=fmt.scale_shift + 1),
+}
+
+
+@pytest.mark.parametrize("perturbation", sorted(PERTURBATIONS))
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_constant_check_catches_small_errors(name, perturbation):
+    cfg = PRESETS[name]
+    assert _constant_problems(cfg, PERTURBATIONS[perturbation](AttentionFormats.of(cfg))) != []

@@ -37,10 +37,11 @@ from cocotb.triggers import ClockCycles, Event, FallingEdge, First, RisingEdge, 
 from spattn.formats import (VALUE_KEEP_FRAC, AttentionFormats, plane_row_bytes, recompute_threshold_int,
                             split_planes, value_keep_int)
 from spattn.hw.attention import (PLANE_LSB, PLANE_MSB, TENSOR_K, TENSOR_Q, TENSOR_V,
-                                 attention_command_layout, key_count, mask_layout, mem_request_layout,
-                                 mem_response_layout, out_layout, prob_chunks, probs_layout)
+                                 attention_command_layout, mask_layout, mask_request_layout,
+                                 mem_request_layout, mem_response_layout, out_layout, probs_layout)
 from spattn.sim.benches.streams import CycleCounter, StreamGroup, StreamSink, StreamSource
 from spattn.sim.golden.attention_core import attention_head
+from spattn.sim.golden.core_schedule import core_schedule, ideal_cycles
 from spattn.sim.runner import load_manifest
 
 SEED = int(os.environ.get("SPATTN_SEED", "20261125"))
@@ -48,6 +49,8 @@ TENSORS = {TENSOR_Q: "q", TENSOR_K: "k", TENSOR_V: "v"}
 PLANES = {PLANE_MSB: "msb", PLANE_LSB: "lsb"}
 FULL = 1 << VALUE_KEEP_FRAC
 CLOCK_NS = 10
+#: Cycles ``busy`` may stay high after the last ``out`` beat (the scheduler sees the block done).
+BUSY_TAIL = 4
 COUNTERS = ("busy_cycles", "bytes_fetched", "rows_recomputed", "pe_busy_cycles", "pe_macs")
 
 
@@ -153,27 +156,33 @@ class Memory:
 
 
 class Head:
-    """One head in flight: its description, golden result and the beats still expected."""
+    """One head in flight: its description, golden result and the beats still expected.
 
-    def __init__(self, name, cfg, n, causal, mask, progressive, threshold, value_keep, golden):
+    ``probs``: ``{(row, key): probability}`` of every probability the core must send (the keys
+    ``0 .. n_keys - 1`` of the block in which the row is final, :func:`core_schedule`); ``out``:
+    ``{row: (data, magnitude, full_precision)}``. Beats may come in any order of rows (the two
+    streams are independent), but each ``(row, key)`` and each row exactly once.
+    """
+
+    def __init__(self, name, cfg, n, causal, mask, progressive, threshold, value_keep, dynatran, golden):
         self.name, self.n, self.golden = name, n, golden
         self.causal, self.mask = causal, mask
-        self.progressive, self.threshold, self.value_keep = progressive, threshold, value_keep
-        c = cfg.pe_cols
+        self.progressive, self.threshold, self.value_keep, self.dynatran = (
+            progressive, threshold, value_keep, dynatran)
+        self.blocks, self.steps, self.macs = core_schedule(
+            cfg, n, causal, progressive, golden.full_precision.tolist(), golden.kept.tolist())
         probs = golden.probs.tolist()
-        self.probs = collections.deque()
-        for i in range(n):
-            keys, chunks = key_count(cfg, n, causal, i), prob_chunks(cfg, n, causal, i)
-            for chunk in range(chunks):
-                lanes = [probs[i][chunk * c + lane] if chunk * c + lane < keys else 0 for lane in range(c)]
-                self.probs.append((i, chunk, lanes, int(chunk == chunks - 1)))
+        self.probs = {}
+        for block in self.blocks:
+            for i in block.final:
+                for j in range(block.n_keys):
+                    self.probs[i, j] = probs[i][j]
         out, magnitude = golden.out.tolist(), golden.magnitude.tolist()
         full = golden.full_precision.tolist()
-        self.out = collections.deque((i, out[i], int(magnitude[i]), int(bool(full[i]))) for i in range(n))
+        self.out = {i: (out[i], int(magnitude[i]), int(bool(full[i]))) for i in range(n)}
         self.probs_total, self.out_total = len(self.probs), len(self.out)
-        self.last_probs_cycle = {}    # block -> cycle of its last probs beat
-        self.first_out_cycle = {}     # block -> cycle of its first out beat
         self.cmd_number = None
+        self.mask_requested = []
         self.last_cycle = None
         self.done = Event()
 
@@ -181,7 +190,7 @@ class Head:
         mask = "none" if self.mask is None else f"{int(self.mask.sum())} of {self.n * self.n} keys"
         return (f"{self.name}: n={self.n} causal={int(self.causal)} mask={mask} "
                 f"progressive={int(self.progressive)} threshold={self.threshold} "
-                f"value_keep={self.value_keep}")
+                f"value_keep={self.value_keep} dynatran={self.dynatran}")
 
 
 class AttentionBench:
@@ -198,13 +207,16 @@ class AttentionBench:
                                 random.Random(rng.random()), start=False)
         self.mask = StreamSource(dut, "mask", mask_layout(cfg), clk, self.counter, 0.0,
                                  random.Random(rng.random()), start=False)
+        self.mask_req = StreamSink(dut, "mask_req", mask_request_layout(cfg), clk, self.counter,
+                                   self._mask_request, 0.0, random.Random(rng.random()), start=False)
         self.memory = Memory(self, random.Random(rng.random()))
         self.probs = StreamSink(dut, "probs", probs_layout(cfg), clk, self.counter, self._probs_beat,
                                 0.0, random.Random(rng.random()), start=False)
         self.out = StreamSink(dut, "out", out_layout(cfg), clk, self.counter, self._out_beat,
                               0.0, random.Random(rng.random()), start=False)
         # one coroutine for all six streams: a head takes many thousands of cycles
-        StreamGroup(clk, [self.cmd, self.mask, self.memory.req, self.memory.resp, self.probs, self.out])
+        StreamGroup(clk, [self.cmd, self.mask, self.mask_req, self.memory.req, self.memory.resp,
+                          self.probs, self.out])
         self.head = None
         self.failures = []
         self.results = []     # per checked head: a dict of its figures
@@ -214,13 +226,14 @@ class AttentionBench:
     def set_stalls(self, stalls: Stalls):
         self.stalls = stalls
         self.cmd.stall_probability = self.mask.stall_probability = stalls.source
+        self.mask_req.stall_probability = stalls.sink
         self.probs.stall_probability = self.out.stall_probability = stalls.sink
         self.memory.req.stall_probability = stalls.mem_req
         self.memory.resp.stall_probability = stalls.mem_resp
         self.memory.latency = stalls.latency
 
     def start_head(self, name, q, k, v, *, causal=False, mask=None, progressive=True, threshold=0,
-                   value_keep=FULL):
+                   value_keep=FULL, dynatran=0):
         """Queue one head (``q, k, v``: ``(n, head_dim)`` int64 stored integers; ``mask``: ``(n, n)``
         bool, True = key present, or None) and return its :class:`Head`."""
         cfg = self.cfg
@@ -228,17 +241,17 @@ class AttentionBench:
         assert not self.failures, self.failures[0]
         assert 1 <= n <= cfg.max_tokens and q.shape[1] == cfg.head_dim, (n, q.shape)
         golden = attention_head(cfg, q, k, v, causal=causal, mask=mask, progressive=progressive,
-                                threshold=threshold, value_keep=value_keep)
+                                threshold=threshold, value_keep=value_keep, dynatran=dynatran)
         head = Head(f"{cfg.name} seed {SEED} {name}", cfg, n, causal, mask, progressive, threshold,
-                    value_keep, golden)
+                    value_keep, dynatran, golden)
         self.memory.load(q, k, v)
         self.head = head
         self.cmd.send({"n": n, "causal": int(causal), "masked": int(mask is not None),
-                       "progressive": int(progressive), "threshold": threshold, "value_keep": value_keep})
+                       "progressive": int(progressive), "threshold": threshold, "value_keep": value_keep,
+                       "dynatran": dynatran})
         head.cmd_number = len(self.cmd.transfers) + len(self.cmd.queue) - 1
-        if mask is not None:
-            for row in mask.tolist():
-                self.mask.send({"keys": sum(1 << j for j, present in enumerate(row) if present)})
+        head.mask_rows = None if mask is None else [
+            sum(1 << j for j, present in enumerate(row) if present) for row in mask.tolist()]
         return head
 
     def cycle_budget(self, n):
@@ -268,6 +281,7 @@ class AttentionBench:
             f"{head.describe()}: timed out after {budget} cycles with {len(head.probs)} of "
             f"{head.probs_total} probs and {len(head.out)} of {head.out_total} out beats missing; command "
             f"{'taken' if len(self.cmd.transfers) > head.cmd_number else 'not taken'}, "
+            f"{len(head.mask_requested)} mask requests, "
             f"{len(self.mask.queue) + (self.mask.current is not None)} mask beats not taken, "
             f"{len(self.memory.requests)} memory requests {self.memory.summary()}, "
             f"{len(self.memory.resp.queue) + (self.memory.resp.current is not None)} responses not taken, "
@@ -292,41 +306,57 @@ class AttentionBench:
         if self.head is not None:
             self.head.done.set()
 
+    def _mask_request(self, beat, cycle):
+        if self.dut.rst.value == 1:
+            return
+        head, row = self.head, int(beat.row)
+        if head is None or head.mask_rows is None or row >= head.n:
+            return self.fail(f"cycle {cycle}: a mask request for row {row}" +
+                             (f" in {head.describe()}" if head else " with no head running"))
+        head.mask_requested.append(row)
+        self.mask.send({"keys": head.mask_rows[row]})
+
     def _probs_beat(self, beat, cycle):
         if self.dut.rst.value == 1:
             return
         head = self.head
-        if head is None or not head.probs:
-            return self.fail(f"cycle {cycle}: a probs beat (row {beat.row}, chunk {beat.chunk}) with "
-                             f"no probs beat outstanding" + (f" in {head.describe()}" if head else ""))
-        index = head.probs_total - len(head.probs)
-        row, chunk, lanes, last = want = head.probs.popleft()
-        got = (int(beat.row), int(beat.chunk), [beat.data[c] for c in range(self.cfg.pe_cols)],
-               int(beat.last))
-        if got != want:
-            return self.fail(f"{head.describe()}: probs beat {index} of {head.probs_total} (cycle {cycle}) "
-                             f"is row={got[0]} chunk={got[1]} lanes={got[2]} last={got[3]}; golden model "
-                             f"says row={row} chunk={chunk} lanes={lanes} last={last}")
-        head.last_probs_cycle[row // self.cfg.pe_rows] = cycle
+        key = int(beat.key)
+        if head is None:
+            return self.fail(f"cycle {cycle}: a probs beat (key {key}) with no head running")
+        rows = [int(beat.rows[r]) for r in range(self.cfg.pe_rows)]
+        final = int(beat.final)
+        for r in range(self.cfg.pe_rows):
+            got = int(beat.data[r])
+            if not final >> r & 1:
+                if got != 0:
+                    return self.fail(f"{head.describe()}: probs beat (cycle {cycle}) key {key} lane {r} "
+                                     f"is not final but holds {got}")
+                continue
+            where = (rows[r], key)
+            if where not in head.probs:
+                return self.fail(f"{head.describe()}: probs beat (cycle {cycle}) has row {rows[r]} key "
+                                 f"{key}, which the golden model does not expect (again, or never)")
+            want = head.probs.pop(where)
+            if got != want:
+                return self.fail(f"{head.describe()}: probability of row {rows[r]} key {key} (cycle "
+                                 f"{cycle}) is {got}; golden model says {want}")
         self._maybe_done(head, cycle)
 
     def _out_beat(self, beat, cycle):
         if self.dut.rst.value == 1:
             return
         head = self.head
-        if head is None or not head.out:
-            return self.fail(f"cycle {cycle}: an out beat (row {beat.row}) with no out beat outstanding"
+        row = int(beat.row)
+        if head is None or row not in head.out:
+            return self.fail(f"cycle {cycle}: an out beat (row {row}) not expected (again, or never)"
                              + (f" in {head.describe()}" if head else ""))
-        index = head.out_total - len(head.out)
-        row, data, magnitude, full = want = head.out.popleft()
-        got = (int(beat.row), [beat.data[c] for c in range(self.cfg.head_dim)], int(beat.magnitude),
+        data, magnitude, full = want = head.out.pop(row)
+        got = ([beat.data[c] for c in range(self.cfg.head_dim)], int(beat.magnitude),
                int(beat.full_precision))
         if got != want:
-            return self.fail(f"{head.describe()}: out beat {index} of {head.out_total} (cycle {cycle}) "
-                             f"is row={got[0]} data={got[1]} magnitude={got[2]} full_precision={got[3]}; "
-                             f"golden model says row={row} data={data} magnitude={magnitude} "
-                             f"full_precision={full}")
-        head.first_out_cycle.setdefault(row // self.cfg.pe_rows, cycle)
+            return self.fail(f"{head.describe()}: out beat of row {row} (cycle {cycle}) is data={got[0]} "
+                             f"magnitude={got[1]} full_precision={got[2]}; golden model says "
+                             f"data={data} magnitude={magnitude} full_precision={full}")
         self._maybe_done(head, cycle)
 
     def _maybe_done(self, head, cycle):
@@ -337,12 +367,6 @@ class AttentionBench:
     def _check_head(self, head, counters):
         cfg, golden = self.cfg, head.golden
         what = head.describe()
-        # probs of a block before its out beats
-        for block, first_out in head.first_out_cycle.items():
-            last_probs = head.last_probs_cycle.get(block)
-            assert last_probs is not None and last_probs <= first_out, (
-                f"{what}: block {block}'s first out beat (cycle {first_out}) came before its last probs "
-                f"beat (cycle {last_probs})")
         # memory requests: each plane row at most once, exactly the golden model's rows
         seen, fetched = set(), collections.defaultdict(set)
         for tensor, plane, row, cycle in self.memory.requests:
@@ -359,6 +383,11 @@ class AttentionBench:
         assert self.memory.idle, f"{what}: {len(self.memory.resp.queue)} memory responses never taken"
         assert self.cmd.idle, f"{what}: the command was never taken"
         assert self.mask.idle, f"{what}: {len(self.mask.queue) + 1} mask beats never taken"
+        mask_rows = sorted(head.mask_requested)
+        want_rows = [] if head.mask is None else sorted(
+            i for block in head.blocks for i in block.rows)
+        assert mask_rows == want_rows, (
+            f"{what}: mask rows requested {mask_rows}, the core's blocks compute {want_rows}")
         widths = {"msb": cfg.act_msb_bits, "lsb": cfg.act_lsb_bits}
         requested_bytes = sum(plane_row_bytes(cfg.head_dim, widths[PLANES[p]])
                               for _, p, _, _ in self.memory.requests)
@@ -373,15 +402,17 @@ class AttentionBench:
             f"{what}: rows_recomputed counter {counters['rows_recomputed']}, golden model "
             f"{golden.rows_recomputed}")
         span = head.last_cycle - self.cmd.transfers[head.cmd_number]
-        assert abs(counters["busy_cycles"] - span) <= 2, (
+        assert 0 <= counters["busy_cycles"] - span <= BUSY_TAIL, (
             f"{what}: busy_cycles counter {counters['busy_cycles']}, but {span} cycles from the command "
             f"to the last out beat")
+        assert (counters["pe_busy_cycles"], counters["pe_macs"]) == (head.steps, head.macs), (
+            f"{what}: pe_busy_cycles {counters['pe_busy_cycles']} and pe_macs {counters['pe_macs']}; the "
+            f"core's schedule (golden) gives {head.steps} and {head.macs}")
         assert counters["pe_busy_cycles"] <= counters["busy_cycles"], (what, counters)
-        assert 0 < counters["pe_macs"] <= cfg.pe_rows * cfg.pe_cols * counters["pe_busy_cycles"], (
-            what, counters)
         self.results.append({
             "name": head.name, "n": head.n, "causal": head.causal, "masked": head.mask is not None,
             "progressive": head.progressive, "threshold": head.threshold, "value_keep": head.value_keep,
+            "dynatran": head.dynatran,
             **counters, "requests": len(self.memory.requests), "probs_beats": head.probs_total,
             "out_beats": head.out_total, "cycles": span,
         })
@@ -499,7 +530,9 @@ def minilm_qkv(cfg, sentence, layer):
     model = load_minilm()
     fmt = AttentionFormats.of(cfg)
     with torch.no_grad():
-        ids = model.encode(eval_sentences()[sentence])[:cfg.max_tokens]
+        # sentence -1: the whole corpus run together, cut to max_tokens (the longest head there is)
+        text = " ".join(eval_sentences()) if sentence < 0 else eval_sentences()[sentence]
+        ids = model.encode(text)[:cfg.max_tokens]
         x = embed_tokens(model, ids)
         for index in range(layer + 1):
             q, k, v = project_qkv(model, index, x)
@@ -734,9 +767,9 @@ async def reset_mid_head(dut):
 async def benchmark(dut):
     """Real MiniLM heads at given settings on free-flowing streams and a fixed memory latency.
 
-    ``SPATTN_ATTN_BENCH`` is JSON: ``{"latency": cycles, "sentences": [...], "layers": [...],
-    "heads": [...] or null (all), "settings": [{"name", "progressive", "threshold", "value_keep"},
-    ...]}``. Every head is still checked beat by beat; one JSON line per head goes to
+    ``SPATTN_ATTN_BENCH`` is JSON: ``{"latency": cycles, "sentences": [...] (-1: the corpus run
+    together to max_tokens), "layers": [...], "heads": [...] or null (all), "settings": [{"name",
+    "progressive", "threshold", "value_keep", "dynatran"}, ...]}``. Every head is still checked beat by beat; one JSON line per head goes to
     ``SPATTN_BENCH_OUT``.
     """
     spec = json.loads(os.environ["SPATTN_ATTN_BENCH"])
@@ -750,7 +783,8 @@ async def benchmark(dut):
                 heads = spec.get("heads") or list(range(q.shape[0]))
                 for h in heads:
                     for setting in spec["settings"]:
-                        flags = {key: setting[key] for key in ("progressive", "threshold", "value_keep")}
+                        flags = {key: setting[key] for key in ("progressive", "threshold", "value_keep",
+                                                               "dynatran")}
                         r = await bench.run_head(f"bench s{sentence} l{layer} h{h} {setting['name']}",
                                                  q[h], k[h], v[h], **flags)
                         n = r["n"]
@@ -764,6 +798,7 @@ async def benchmark(dut):
                             "rows_recomputed": r["rows_recomputed"],
                             "recompute_fraction": r["rows_recomputed"] / n,
                             "pe_busy_cycles": r["pe_busy_cycles"], "pe_macs": r["pe_macs"],
+                            "ideal_cycles": ideal_cycles(cfg, n),
                             "utilization": r["pe_macs"] / (pe * r["busy_cycles"]),
                             "pe_utilization": r["pe_macs"] / (pe * max(1, r["pe_busy_cycles"])),
                             "requests": r["requests"],

@@ -10,7 +10,14 @@ import math
 
 import torch
 
-from spattn.formats import AttentionFormats, join_planes, recompute_threshold_int, split_planes
+from spattn.formats import (
+    AttentionFormats,
+    dynatran_threshold_int,
+    dynatran_zero,
+    join_planes,
+    recompute_threshold_int,
+    split_planes,
+)
 
 from .intattention import pv_int, scores_int, softmax_int
 
@@ -34,8 +41,9 @@ class IntArith:
         return join_planes(split_planes(full, self.lsb_bits)[0], 0, self.lsb_bits)
 
     def zero_small(self, x, threshold: float):
-        """DynaTran: values with ``|x| < threshold`` (real units) become 0."""
-        return torch.where(x.abs() < threshold * (1 << self.fmt.act.frac), torch.zeros_like(x), x)
+        """DynaTran: values with ``|x| < threshold`` (real units) become 0; the attention core's rule
+        (:func:`spattn.formats.dynatran_zero`) with the threshold in act LSBs."""
+        return dynatran_zero(x, dynatran_threshold_int(threshold, self.fmt.act))
 
     def probs(self, q, k, mask):
         return softmax_int(scores_int(q, k, self.fmt), self.fmt, mask)

@@ -5,19 +5,25 @@ probabilities, the P·V outputs and their L1 magnitudes, which rows were compute
 and the plane rows fetched from memory. Per query row ``i`` over the ``n`` tokens:
 
 1. Present keys: ``j <= i`` with ``causal``, and ``mask[i][j]`` with a static mask.
-2. Progressive quantization: probabilities from the MSB planes alone (``x`` with its LSB plane
+2. DynaTran: every Q, K, V value as the PE array sees it (the MSB-only value in the MSB pass, the
+   full value in the full-precision pass) becomes 0 when ``|x| < dynatran`` (act LSBs; 0 prunes
+   nothing): :func:`spattn.formats.dynatran_zero` on each of the two, since zeroing a full value
+   does not zero its MSB-only value alike. Values are zeroed on their way into the PE array, so the
+   fetch rules of step 6 do not change.
+3. Progressive quantization: probabilities from the MSB planes alone (``x`` with its LSB plane
    zeroed); a row whose maximum probability is below ``threshold`` (prob LSBs) is computed again
    from both planes and is *full precision*. Without it, every row is full precision.
-3. Local value pruning: the row keeps the V rows of its ``kept_count(value_keep, present)`` most
+4. Local value pruning: the row keeps the V rows of its ``kept_count(value_keep, present)`` most
    probable present keys (ties to the lower key); the others get probability 0 in P·V only (the
    reported probabilities are not pruned, nor renormalised).
-4. P·V with both planes of V for full-precision rows, with the MSB plane only for the others.
-5. Fetched plane rows (each at most once per head): Q MSB of every row, Q LSB of full-precision
+5. P·V with both planes of V for full-precision rows, with the MSB plane only for the others.
+6. Fetched plane rows (each at most once per head): Q MSB of every row, Q LSB of full-precision
    rows; K MSB of keys some row has present, K LSB of keys some full-precision row has present;
    V MSB of V rows some row keeps, V LSB of V rows some full-precision row keeps.
 
-Steps 2-5 are :func:`attend` and :func:`fetched_rows`, which the whole-model golden model
-(:mod:`.sparse`) runs batched over heads, in either arithmetic of :mod:`.arith`.
+Steps 3-6 are :func:`attend` and :func:`fetched_rows`, which the whole-model golden model
+(:mod:`.sparse`) runs batched over heads, in either arithmetic of :mod:`.arith`; it does step 2 with
+``IntArith.zero_small``, the same rule with a real threshold.
 """
 
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from spattn.config import ConfigError
-from spattn.formats import VALUE_KEEP_FRAC, AttentionFormats, plane_row_bytes
+from spattn.formats import VALUE_KEEP_FRAC, AttentionFormats, dynatran_zero, plane_row_bytes
 
 from .arith import IntArith
 from .pruning import kept_counts, top_count_per_row
@@ -58,7 +64,7 @@ def present_keys(n, causal=False, mask=None):
 
 
 def attend(arith, q, k, v, mask=None, threshold=None, value_keep=1 << VALUE_KEEP_FRAC):
-    """Steps 2-4 over any leading (head) dimensions. ``q``, ``k``, ``v``: ``(msb_only, full)`` pairs
+    """Steps 3-5 over any leading (head) dimensions. ``q``, ``k``, ``v``: ``(msb_only, full)`` pairs
     of ``(.., n, d)`` tensors of ``arith``; ``mask``: bool ``(.., n, n)`` present keys (None: all);
     ``threshold``: None (no progressive quantization) or in ``arith``'s probability units.
     Returns ``(probs, out, full_precision, kept)``."""
@@ -84,7 +90,7 @@ def attend(arith, q, k, v, mask=None, threshold=None, value_keep=1 << VALUE_KEEP
 
 
 def fetched_rows(present, kept, full_precision):
-    """Step 5 over any leading (head) dimensions: ``{(tensor, plane): bool (.., n)}`` of the rows
+    """Step 6 over any leading (head) dimensions: ``{(tensor, plane): bool (.., n)}`` of the rows
     fetched, from the present keys, the kept V rows (``(.., n, n)``) and the full-precision rows."""
     fp = full_precision.unsqueeze(-1)
     return {("q", "msb"): torch.ones_like(full_precision), ("q", "lsb"): full_precision,
@@ -92,7 +98,7 @@ def fetched_rows(present, kept, full_precision):
             ("v", "msb"): kept.any(dim=-2), ("v", "lsb"): (kept & fp).any(dim=-2)}
 
 
-def _check(cfg, fmt, q, k, v, threshold, value_keep):
+def _check(cfg, fmt, q, k, v, threshold, value_keep, dynatran):
     n = q.shape[0] if q.dim() == 2 else -1
     if not 1 <= n <= cfg.max_tokens:
         raise ConfigError(f"n must be in 1..max_tokens = 1..{cfg.max_tokens}, not {n}")
@@ -109,22 +115,28 @@ def _check(cfg, fmt, q, k, v, threshold, value_keep):
     if not 0 <= value_keep <= 1 << VALUE_KEEP_FRAC:
         raise ConfigError(f"value_keep must be in 0..2**VALUE_KEEP_FRAC = 0..{1 << VALUE_KEEP_FRAC}, "
                           f"not {value_keep}")
+    if not 0 <= dynatran <= (1 << cfg.act_bits) - 1:
+        raise ConfigError(f"dynatran must be in 0..2**act_bits - 1 = 0..{(1 << cfg.act_bits) - 1}, "
+                          f"not {dynatran}")
 
 
 def attention_head(cfg, q, k, v, *, causal=False, mask=None, progressive=True, threshold=0,
-                   value_keep=1 << VALUE_KEEP_FRAC) -> HeadResult:
+                   value_keep=1 << VALUE_KEEP_FRAC, dynatran=0) -> HeadResult:
     """One head of the core over ``n`` tokens. ``q``, ``k``, ``v``: ``(n, head_dim)`` int64 stored
     integers of ``AttentionFormats.of(cfg).act``; ``threshold``: prob LSBs (``2**prob.bits``
-    recomputes every row); ``value_keep``: integer ratio (:func:`spattn.formats.value_keep_int`)."""
+    recomputes every row); ``value_keep``: integer ratio (:func:`spattn.formats.value_keep_int`);
+    ``dynatran``: act LSBs in ``0..2**act_bits - 1`` (:func:`spattn.formats.dynatran_threshold_int`):
+    the MSB-only and the full values with ``|x| < dynatran`` become 0, each on its own, after the
+    fetch (0 prunes nothing, ``2**(act_bits - 1) + 1`` everything)."""
     fmt = AttentionFormats.of(cfg)
     q, k, v = (torch.as_tensor(t, dtype=torch.int64) for t in (q, k, v))
-    _check(cfg, fmt, q, k, v, threshold, value_keep)
+    _check(cfg, fmt, q, k, v, threshold, value_keep, dynatran)
     n = q.shape[0]
     present = present_keys(n, causal, mask)
     if not present.any(dim=-1).all():
         raise ValueError(f"query row {int((~present.any(dim=-1)).nonzero()[0])} has no present key")
     arith = IntArith(cfg)
-    pairs = [(arith.msb_only(t), t) for t in (q, k, v)]
+    pairs = [(dynatran_zero(arith.msb_only(t), dynatran), dynatran_zero(t, dynatran)) for t in (q, k, v)]
     probs, out, full_precision, kept = attend(arith, *pairs, present, threshold if progressive else None,
                                               value_keep)
     rows = fetched_rows(present, kept, full_precision)

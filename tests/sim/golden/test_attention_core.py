@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 from spattn.sim.golden.arith import IntArith
-from spattn.sim.golden.attention_core import attention_head, present_keys
+from spattn.sim.golden.attention_core import attend, attention_head, fetched_rows, present_keys
 from spattn.sim.golden.bert import embed_tokens, project_qkv
 from spattn.sim.golden.corpus import CALIBRATION, PASSAGES
 from spattn.sim.golden.intattention import attention_int, pv_int, scores_int, softmax_int
@@ -16,6 +16,8 @@ from spattn.config import ConfigError, preset
 from spattn.formats import (
     VALUE_KEEP_FRAC,
     AttentionFormats,
+    dynatran_threshold_int,
+    dynatran_zero,
     join_planes,
     kept_count,
     plane_row_bytes,
@@ -216,6 +218,88 @@ def test_all_equal_inputs_tie_to_the_lower_key(causal):
         assert r.fetched[("v", "msb")] == tuple(range(max(want(int(c)) for c in present.sum(dim=1))))
 
 
+def _same_results(a, b):
+    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+               for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)))
+
+
+@pytest.mark.parametrize("cfg", [TINY, MINILM], ids=lambda c: c.name)
+@pytest.mark.parametrize("progressive", [False, True])
+def test_dynatran_zero_prunes_nothing(cfg, progressive):
+    n = min(cfg.max_tokens, 40)
+    q, k, v = _qkv(cfg, n, seed=21, spread=1.0)
+    mask = _random_mask(n, seed=6, density=0.6)
+    msb = attention_head(cfg, q, k, v, causal=True, mask=mask, threshold=0)
+    args = dict(causal=True, mask=mask, progressive=progressive,
+                threshold=int(msb.probs.amax(dim=1).median()), value_keep=value_keep_int(0.5))
+    default = attention_head(cfg, q, k, v, **args)
+    assert _same_results(attention_head(cfg, q, k, v, dynatran=0, **args), default)
+    if progressive:
+        assert 0 < default.rows_recomputed < n
+
+
+@pytest.mark.parametrize("cfg", [TINY, MINILM], ids=lambda c: c.name)
+@pytest.mark.parametrize("progressive", [False, True])
+def test_dynatran_can_prune_everything(cfg, progressive):
+    """``2**(act_bits - 1) + 1`` zeroes every value: equal probabilities for the present keys, zero
+    outputs, and the same rows fetched; one less keeps the most negative value."""
+    n = min(cfg.max_tokens, 40)
+    q, k, v = _qkv(cfg, n, seed=41, spread=1000.0)  # the whole act range
+    q[-1, 0] = k[0, 0] = v[0, 0] = cfg.act_format.min  # the largest magnitude
+    mask = _random_mask(n, seed=9)
+    mask[:, 0] = True
+    present = present_keys(n, True, mask)
+    everything = (1 << (cfg.act_bits - 1)) + 1
+    r = attention_head(cfg, q, k, v, causal=True, mask=mask, progressive=progressive, dynatran=everything)
+    for i in range(n):
+        assert len(set(r.probs[i][present[i]].tolist())) == 1
+    assert not r.probs[~present].any() and not r.out.any() and not r.magnitude.any()
+    dense = attention_head(cfg, q, k, v, causal=True, mask=mask, progressive=progressive)
+    assert (r.fetched, r.bytes_fetched) == (dense.fetched, dense.bytes_fetched)
+    almost = attention_head(cfg, q, k, v, causal=True, mask=mask, progressive=progressive,
+                            dynatran=everything - 1)
+    assert almost.probs[-1, 0] > r.probs[-1, 0] and almost.out[-1, 0] < 0
+
+
+@pytest.mark.parametrize("cfg", [TINY, MINILM], ids=lambda c: c.name)
+@pytest.mark.parametrize("causal", [False, True])
+def test_dynatran_zeroes_the_values_the_pe_array_sees(cfg, causal):
+    """Each MSB-only and each full value is zeroed on its own (zeroing the full values and then
+    taking their MSB-only values is not the same), then steps 3-6 run on the zeroed pairs."""
+    n = min(cfg.max_tokens, 50)
+    q, k, v = _qkv(cfg, n, seed=31 + causal, spread=1.0)
+    mask = _random_mask(n, seed=7, density=0.6)
+    mask[:, 0] = True
+    present = present_keys(n, causal, mask)
+    dynatran = (1 << cfg.act_frac) // 4 + 1  # 0.25 plus an LSB: no multiple of the MSB step
+    pairs = [tuple(torch.where(x.abs() < dynatran, 0, x) for x in (_msb_only(cfg, t), t)) for t in (q, k, v)]
+    assert not torch.equal(pairs[0][0], _msb_only(cfg, pairs[0][1]))
+    msb = attention_head(cfg, q, k, v, causal=causal, mask=mask, threshold=0, dynatran=dynatran)
+    threshold, keep = int(msb.probs.amax(dim=1).median()), value_keep_int(0.5)
+    r = attention_head(cfg, q, k, v, causal=causal, mask=mask, threshold=threshold, value_keep=keep,
+                       dynatran=dynatran)
+    probs, out, full_precision, kept = attend(IntArith(cfg), *pairs, present, threshold, keep)
+    assert 0 < int(full_precision.sum()) < n
+    for name, want in (("probs", probs), ("out", out), ("full_precision", full_precision), ("kept", kept)):
+        assert torch.equal(getattr(r, name), want)
+    rows = fetched_rows(present, kept, full_precision)
+    assert r.fetched == {key: _rows(rows[key]) for key in KEYS}
+    plain = attention_head(cfg, q, k, v, causal=causal, mask=mask, threshold=threshold, value_keep=keep)
+    assert not torch.equal(r.probs, plain.probs) and not torch.equal(r.out, plain.out)
+
+
+@pytest.mark.parametrize("cfg", [TINY, MINILM], ids=lambda c: c.name)
+def test_zero_small_is_the_cores_dynatran_rule(cfg):
+    """The whole-model golden model's DynaTran (a real threshold) is ``dynatran_zero`` with the
+    threshold converted, also for thresholds that are exact multiples of an act LSB."""
+    fmt = AttentionFormats.of(cfg)
+    x = fmt.act.random((2, 50, cfg.head_dim), torch.Generator().manual_seed(9))
+    lsb = 1 / (1 << fmt.act.frac)
+    for real in (0.0, 0.02, 0.1, 0.3, 1.3, lsb, 5 * lsb, 0.5, 2.0, fmt.act.max * lsb):
+        want = dynatran_zero(x, dynatran_threshold_int(real, fmt.act))
+        assert torch.equal(IntArith(cfg).zero_small(x, real), want), real
+
+
 def test_checks():
     q, k, v = _qkv(TINY, TINY.max_tokens + 1, seed=0)
     with pytest.raises(ConfigError, match=r"n must be in 1..max_tokens = 1..64, not 65"):
@@ -236,12 +320,20 @@ def test_checks():
         attention_head(TINY, q, k, v, threshold=2049)
     with pytest.raises(ConfigError, match=r"value_keep must be in 0..2\*\*VALUE_KEEP_FRAC"):
         attention_head(TINY, q, k, v, value_keep=FULL + 1)
+    with pytest.raises(ConfigError, match=r"dynatran must be in 0..2\*\*act_bits - 1 = 0..255, not 256"):
+        attention_head(TINY, q, k, v, dynatran=256)
+    with pytest.raises(ConfigError, match=r"dynatran must be in 0..2\*\*act_bits - 1 = 0..255, not -1"):
+        attention_head(TINY, q, k, v, dynatran=-1)
+    assert not attention_head(TINY, q, k, v, dynatran=255).out.any()  # the largest accepted value
 
 
-def test_the_sparse_model_runs_the_core_per_head(minilm):
+@pytest.mark.parametrize("dynatran", [0.0, 0.2])
+def test_the_sparse_model_runs_the_core_per_head(minilm, dynatran):
     """Layer 0 of the whole-model golden model (static mask, progressive quantization, value
-    pruning) counts exactly the rows ``attention_head`` fetches and recomputes, head by head."""
-    cfg = dataclasses.replace(MINILM, static_mask_density=0.5, recompute_threshold=0.3, value_keep=0.4)
+    pruning, DynaTran) counts exactly the rows ``attention_head`` fetches and recomputes, head by
+    head."""
+    cfg = dataclasses.replace(MINILM, static_mask_density=0.5, recompute_threshold=0.3, value_keep=0.4,
+                              dynatran_threshold=dynatran)
     masks = calibrate_masks(minilm, cfg, CALIBRATION[:2])
     ids = minilm.encode(PASSAGES[1])
     layer0 = run_sentence(minilm, cfg, ids, "int", masks).layers[0]
@@ -253,7 +345,8 @@ def test_the_sparse_model_runs_the_core_per_head(minilm):
     for h in range(cfg.heads):
         r = attention_head(cfg, q[h], k[h], v[h], mask=masks[0][h],
                            threshold=recompute_threshold_int(cfg.recompute_threshold, fmt.prob),
-                           value_keep=value_keep_int(cfg.value_keep))
+                           value_keep=value_keep_int(cfg.value_keep),
+                           dynatran=dynatran_threshold_int(cfg.dynatran_threshold, fmt.act))
         recomputed += r.rows_recomputed
         for key in KEYS:
             traffic[key] += len(r.fetched[key]) * cfg.head_dim * bits[key[1]]
