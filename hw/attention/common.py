@@ -12,7 +12,8 @@ from spattn.formats import VALUE_KEEP_FRAC, AttentionFormats, bits_for
 __all__ = ["TENSOR_Q", "TENSOR_K", "TENSOR_V", "PLANE_MSB", "PLANE_LSB", "Geometry",
            "attention_command_layout", "mem_request_layout", "mem_response_layout",
            "mask_request_layout", "mask_layout", "probs_layout", "out_layout", "block_layout",
-           "ReadPort", "plane_lane_bits", "saturate", "operand", "row_operands"]
+           "ReadPort", "plane_lane_bits", "saturate", "operand", "raw_chunks", "chunk_bits",
+           "chunk_operands"]
 
 #: ``tensor`` field of a memory request.
 TENSOR_Q, TENSOR_K, TENSOR_V = 0, 1, 2
@@ -164,15 +165,28 @@ def operand(msb, lsb, use_lsb, threshold, lsb_bits, bits):
     return Mux(magnitude < threshold, 0, value)
 
 
-def row_operands(m, geo, pair, full, threshold, name):
-    """The ``d`` grid operands of a plane-pair row (see :func:`operand`) as ``W`` chunks of ``C``,
-    zero padded."""
+def raw_chunks(geo, pair):
+    """A plane-pair row as ``W`` chunks of ``C`` lanes, each lane its value's LSB plane then MSB
+    plane, i.e. the stored value's bits (zeros past ``head_dim``): one flat value,
+    ``chunk_bits(geo)`` bits a chunk."""
+    zero_msb, zero_lsb = Const(0, geo.M), Const(0, geo.L)
+    lanes = []
+    for i in range(geo.W * geo.C):
+        lanes += [pair.lsb[i], pair.msb[i]] if i < geo.d else [zero_lsb, zero_msb]
+    return Cat(*lanes)
+
+
+def chunk_bits(geo):
+    return geo.C * (geo.M + geo.L)
+
+
+def chunk_operands(m, geo, raw, full, threshold, name):
+    """The ``C`` grid operands (see :func:`operand`) of one raw chunk (:func:`raw_chunks`)."""
     act = signed(geo.cfg.act_bits)
-    values = [operand(pair.msb[i], pair.lsb[i], full, threshold, geo.L, geo.cfg.act_bits)
-              for i in range(geo.d)]
-    values += [Const(0, act)] * (geo.W * geo.C - geo.d)
-    chunks = Signal(data.ArrayLayout(data.ArrayLayout(act, geo.C), geo.W), name=name)
-    for t in range(geo.W):
-        for c in range(geo.C):
-            m.d.comb += chunks[t][c].eq(values[t * geo.C + c])
-    return chunks
+    chunk = Signal(data.ArrayLayout(act, geo.C), name=name)
+    lane_bits = geo.M + geo.L
+    for c in range(geo.C):
+        lane = raw[c * lane_bits:(c + 1) * lane_bits]
+        m.d.comb += chunk[c].eq(operand(lane[geo.L:].as_signed(), lane[:geo.L], full, threshold, geo.L,
+                                        geo.cfg.act_bits))
+    return chunk

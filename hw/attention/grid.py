@@ -107,12 +107,17 @@ class MacGrid(wiring.Component):
         for r in range(R):
             for c in range(C):
                 m.d.sync += products[r][c].eq(a[r][c] * b[c])
-        # stage 3: accumulators
-        with m.If(s2_valid):
-            for r in range(R):
-                for c in range(C):
-                    acc = self.result[r][c]
-                    m.d.sync += acc.eq(Mux(s2_first, products[r][c], acc + products[r][c]))
+        # stage 3: accumulators, as wide as a Q·Kᵀ or P·V sum can get (the config rules bound both)
+        cfg = geo.cfg
+        dot_bits = 2 * cfg.act_bits + bits_for(max(1, geo.d - 1))
+        pv_bits = ((1 << (cfg.act_bits - 1)) * ((1 << (cfg.score_bits - 1)) + cfg.max_tokens)).bit_length() + 1
+        acc_shape = signed(min(cfg.acc_bits, max(dot_bits, pv_bits)))
+        for r in range(R):
+            for c in range(C):
+                acc = Signal(acc_shape, name=f"acc{r}_{c}")
+                m.d.comb += self.result[r][c].eq(acc)
+                with m.If(s2_valid):
+                    m.d.sync += acc.eq(Mux(s2_first, 0, acc) + products[r][c])
         m.d.sync += [self.result_valid.eq(s2_valid & s2_last), self.result_qk.eq(s2_qk)]
         with m.If(s2_valid & s2_last):
             m.d.sync += self.result_tag.eq(s2_tag)

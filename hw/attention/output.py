@@ -1,7 +1,7 @@
 """Output unit: P·V sums to rounded, saturated output rows with their L1 magnitudes."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .common import Geometry, block_layout, out_layout, saturate
@@ -29,8 +29,8 @@ class OutputUnit(wiring.Component):
         One cycle when the block's last row has left (or was skipped: not final).
     idle : Out(1)
 
-    Latency 3 cycles from the last chunk's result to the first row; then a row per cycle, slots
-    whose row is not final taking one cycle each.
+    Latency ``W + 3`` cycles from the last chunk's result to the first row; then a row every
+    ``W + 1`` cycles (its chunks are gathered from the row's memory), final rows only.
     """
 
     def __init__(self, geo: Geometry):
@@ -62,45 +62,68 @@ class OutputUnit(wiring.Component):
         for r in range(R):
             for c in range(C):
                 m.d.sync += o1[r][c].eq(saturate((self.result[r][c] + half) >> fmt.prob.frac, fmt.act))
-        # O2: the chunk into its rows; each row's magnitude of the chunk (padding lanes are 0)
-        rows = [Signal(data.ArrayLayout(act, W * C), name=f"row{r}") for r in range(R)]
+        # O2: the chunk into each row's memory (a small LUT RAM of W chunks per slot); each row's
+        # magnitude of the chunk (padding lanes are 0)
         o2_valid, o2_first, o2_end = Signal(), Signal(), Signal()
         partial = [Signal(magnitude_shape, name=f"partial{r}") for r in range(R)]
         m.d.sync += [o2_valid.eq(o1_valid), o2_first.eq(o1_chunk == 0), o2_end.eq(o1_end)]
         for r in range(R):
             m.d.sync += partial[r].eq(sum(Mux(v < 0, -v, v) for v in o1[r]))
-        with m.If(o1_valid):
-            for t in range(W):
-                with m.If(o1_chunk == t):
-                    for r in range(R):
-                        for c in range(C):
-                            m.d.sync += rows[r][t * C + c].eq(o1[r][c])
+        slot = Signal(range(R + 1))
+        chunk = Signal(range(W + 1))
+        chunk_shape = data.ArrayLayout(act, C)
+        chunk_data = Signal(chunk_shape)
+        for r in range(R):
+            rows = memory.Memory(shape=chunk_shape, depth=W, init=[])
+            m.submodules[f"row{r}"] = rows
+            write, read = rows.write_port(), rows.read_port(domain="comb")
+            m.d.comb += [write.addr.eq(o1_chunk), write.en.eq(o1_valid), read.addr.eq(chunk)]
+            for c in range(C):
+                m.d.comb += write.data[c].eq(o1[r][c])
+            with m.If(slot == r):
+                m.d.comb += chunk_data.eq(read.data)
         magnitudes = [Signal(magnitude_shape, name=f"magnitude{r}") for r in range(R)]
         with m.If(o2_valid):
             for r in range(R):
                 m.d.sync += magnitudes[r].eq(Mux(o2_first, 0, magnitudes[r]) + partial[r])
-        # O3: rows leave from slot 0; the slots shift down after each
-        emitting = Signal()
-        left = Signal(range(R + 1))
-        row_index = [Signal(geo.index, name=f"row_index{r}") for r in range(R)]
+
+        # O3: the final rows leave in slot order, each gathered a chunk a cycle into the beat
         final = Signal(R)
+        assembled = Signal(W * C * act.width)
+        gathering, presenting = Signal(), Signal()
         start = Signal()
         m.d.sync += start.eq(o2_valid & o2_end)
+        m.d.comb += self.idle.eq(~gathering & ~presenting)
+        next_slot = Signal(range(R + 1))
+        # the next final slot after ``slot`` (R when there is none)
+        m.d.comb += next_slot.eq(R)
+        for r in reversed(range(R)):
+            with m.If((r > slot) & final[r]):
+                m.d.comb += next_slot.eq(r)
+        first_slot = Signal(range(R + 1))
+        m.d.comb += first_slot.eq(R)
+        for r in reversed(range(R)):
+            with m.If(self.block.final[r]):
+                m.d.comb += first_slot.eq(r)
         with m.If(start):
-            m.d.sync += [emitting.eq(1), left.eq(R), final.eq(self.block.final)]
-            m.d.sync += [row_index[r].eq(self.block.rows[r]) for r in range(R)]
-        m.d.comb += [self.out.valid.eq(emitting & final[0]), beat.row.eq(row_index[0]),
-                     beat.magnitude.eq(magnitudes[0]), beat.full_precision.eq(self.block.full),
-                     self.idle.eq(~emitting)]
+            m.d.sync += [final.eq(self.block.final), slot.eq(first_slot), chunk.eq(0),
+                         gathering.eq(first_slot != R)]
+            with m.If(first_slot == R):
+                m.d.comb += self.done.eq(1)
+        with m.If(gathering):
+            m.d.sync += [assembled.eq(Cat(assembled[chunk_shape.size:], chunk_data)), chunk.eq(chunk + 1)]
+            with m.If(chunk == W - 1):
+                m.d.sync += [gathering.eq(0), presenting.eq(1)]
+                m.d.sync += beat.row.eq(self.block.rows[0])
+                for r in range(R):
+                    with m.If(slot == r):
+                        m.d.sync += [beat.row.eq(self.block.rows[r]), beat.magnitude.eq(magnitudes[r])]
+        m.d.comb += [self.out.valid.eq(presenting), beat.full_precision.eq(self.block.full)]
         for i in range(geo.d):
-            m.d.comb += beat.data[i].eq(rows[0][i])
-        with m.If(emitting & (~final[0] | self.out.ready)):
-            m.d.sync += [left.eq(left - 1), final.eq(final >> 1)]
-            for r in range(R - 1):
-                m.d.sync += [rows[r].eq(rows[r + 1]), magnitudes[r].eq(magnitudes[r + 1]),
-                             row_index[r].eq(row_index[r + 1])]
-            with m.If(left == 1):
-                m.d.sync += emitting.eq(0)
+            m.d.comb += beat.data[i].eq(assembled.word_select(i, act.width))
+        with m.If(presenting & self.out.ready):
+            m.d.sync += [presenting.eq(0), slot.eq(next_slot), chunk.eq(0), gathering.eq(next_slot != R)]
+            with m.If(next_slot == R):
                 m.d.comb += self.done.eq(1)
         with m.If(self.skip):
             m.d.comb += self.done.eq(1)

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import Geometry, ReadPort, block_layout, row_operands
+from .common import Geometry, ReadPort, block_layout, chunk_bits, chunk_operands, raw_chunks
 from .fetch import item_layout, plane_pair_layout
 from .grid import pv_step_layout
 from .merge import walk_entry_layout
@@ -97,16 +97,14 @@ class PVFeed(wiring.Component):
         s2_prob = Signal.like(entry_data.prob)
         m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                      s2_chunk.eq(s1_chunk), s2_end.eq(s1_end), s2_prob.eq(entry_data.prob)]
-        chunks = row_operands(m, geo, self.v_read.data, block.full, self.dynatran, "v_chunks")
+        raw = raw_chunks(geo, self.v_read.data).word_select(s2_chunk[:max(1, (W - 1).bit_length())],
+                                                           chunk_bits(geo))
         step = self.step.payload
         valid_rows = sum(block.valid[r] for r in range(R))
         m.d.comb += [self.step.valid.eq(s2_valid), step.p.eq(s2_prob), step.first.eq(s2_first),
                      step.last.eq(s2_last), step.tag.chunk.eq(s2_chunk), step.tag.end.eq(s2_end),
                      step.macs.eq(chunk_macs(m, geo, valid_rows, s2_chunk)),
-                     step.v.eq(chunks[0])]
-        for t in range(1, W):
-            with m.If(s2_chunk == t):
-                m.d.comb += step.v.eq(chunks[t])
+                     step.v.eq(chunk_operands(m, geo, raw, block.full, self.dynatran, "v_chunk"))]
         m.d.comb += [self.walked.eq(empty | (s2_valid & s2_end)), self.skipped.eq(empty)]
         with m.If(self.walked):
             m.d.sync += released.eq(Mux(self.v_items.valid, 1, 0))

@@ -1,10 +1,10 @@
 """Q·Kᵀ feed: a block's query rows in registers, its keys streamed past them into the grid."""
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import Geometry, ReadPort, block_layout, row_operands
+from .common import Geometry, ReadPort, block_layout, chunk_bits, chunk_operands, raw_chunks
 from .fetch import item_layout, plane_pair_layout
 from .grid import qk_step_layout
 
@@ -45,8 +45,8 @@ class QKFeed(wiring.Component):
     walked : Out(1)
         One cycle, with the block's last step.
 
-    Latency: loading takes ``R + 1`` cycles once the items are released; streaming ``W`` cycles
-    per key, keys back to back while released keys keep up.
+    Latency: loading takes ``W + 1`` cycles a row once the items are released; streaming ``W``
+    cycles per key, keys back to back while released keys keep up.
     """
 
     def __init__(self, geo: Geometry):
@@ -66,24 +66,30 @@ class QKFeed(wiring.Component):
         geo = self.geo
         m = Module()
         R, C, W = geo.R, geo.C, geo.W
+        bits = chunk_bits(geo)
         chunk_shape = data.ArrayLayout(signed(geo.cfg.act_bits), C)
-        rows_shape = data.ArrayLayout(chunk_shape, W)
-        q_regs = [Signal(rows_shape, name=f"q_row{r}") for r in range(R)]
         block = self.block
         valid_rows = sum(block.valid[r] for r in range(R))
 
-        # ---- loading: item -> Q buffer read -> the slot's registers ------------------------------
+        # ---- loading: item -> Q buffer read -> W chunks into the slot's memory -------------------
+        # Each slot's row is a small memory of W chunks (LUT RAM): the walk reads chunk t of every
+        # slot at once, so no wide register file and no multiplexer over rows.
         loading, loaded = Signal(init=1), Signal()
         taken = Signal(range(R + 1))
-        l_valid, l_slot = Signal(), Signal(range(max(2, R)))
-        m.d.comb += [self.loaded.eq(loaded), self.q_items.ready.eq(loading & (taken < R)),
-                     self.q_read.addr.eq(self.q_items.payload.row)]
-        m.d.sync += [l_valid.eq(self.q_items.valid & self.q_items.ready),
-                     l_slot.eq(self.q_items.payload.slot)]
-        with m.If(self.q_items.valid & self.q_items.ready):
-            m.d.sync += taken.eq(taken + 1)
-        q_new = row_operands(m, geo, self.q_read.data, block.full, self.dynatran, "q_new")
-        with m.If(loading & (taken == R) & ~l_valid):
+        slot, chunk = Signal(range(max(2, R))), Signal(range(W + 1), init=W)
+        writing = chunk != W
+        take_q = Signal()
+        m.d.comb += [self.loaded.eq(loaded), take_q.eq(self.q_items.valid & self.q_items.ready),
+                     self.q_items.ready.eq(loading & (taken < R) & ~writing),
+                     self.q_read.addr.eq(self.q_items.payload.row), self.q_read.en.eq(take_q)]
+        with m.If(take_q):
+            m.d.sync += [taken.eq(taken + 1), slot.eq(self.q_items.payload.slot), chunk.eq(0)]
+        with m.Elif(writing):
+            m.d.sync += chunk.eq(chunk + 1)
+        q_raw = raw_chunks(geo, self.q_read.data)
+        q_chunk = chunk_operands(m, geo, q_raw.word_select(chunk[:max(1, (W - 1).bit_length())], bits),
+                                 block.full, self.dynatran, "q_chunk")
+        with m.If(loading & (taken == R) & ~writing):
             m.d.sync += [loading.eq(0), loaded.eq(1)]
 
         # ---- walking: stage A picks the key and chunk, stage B forms the operands ----------------
@@ -97,7 +103,8 @@ class QKFeed(wiring.Component):
         with m.If(self.walk):
             m.d.sync += [walking.eq(1), loaded.eq(0), t.eq(0)]
         m.d.sync += a_valid.eq(0)
-        with m.If(key_take | (walking & (t != 0))):
+        issue = key_take | (walking & (t != 0))
+        with m.If(issue):
             m.d.sync += [a_valid.eq(1), a_t.eq(t), t.eq(Mux(t == W - 1, 0, t + 1))]
         with m.If(key_take):
             m.d.sync += [a_key.eq(self.k_items.payload.row), a_end.eq(self.k_items.payload.last)]
@@ -108,27 +115,25 @@ class QKFeed(wiring.Component):
             with m.If(walking & (t == W - 1) & a_end):
                 m.d.sync += walking.eq(0)
 
-        k_new = row_operands(m, geo, self.k_read.data, block.full, self.dynatran, "k_new")
-        k_rest = Signal(rows_shape)                    # the key's later chunks, shifted down a chunk per step
         step = self.step.payload
+        for r in range(R):
+            rows = memory.Memory(shape=chunk_shape, depth=W, init=[])
+            m.submodules[f"q_row{r}"] = rows
+            write, read = rows.write_port(), rows.read_port()
+            m.d.comb += [write.addr.eq(chunk), write.data.eq(q_chunk), write.en.eq(writing & (slot == r)),
+                         read.addr.eq(t), step.q[r].eq(read.data)]
+        # the key: chunk 0 from the buffer's data, later chunks from a copy shifted a chunk per step
+        k_raw = raw_chunks(geo, self.k_read.data)
+        k_rest = Signal(W * bits)
+        k_chunk = chunk_operands(m, geo, Mux(a_t == 0, k_raw[:bits], k_rest[:bits]), block.full,
+                                 self.dynatran, "k_chunk")
         m.d.comb += [self.step.valid.eq(a_valid), step.first.eq(a_t == 0), step.last.eq(a_t == W - 1),
                      step.tag.key.eq(a_key), step.tag.chunk.eq(a_t),
                      step.tag.end.eq(a_end & (a_t == W - 1)),
-                     step.macs.eq(chunk_macs(m, geo, valid_rows, a_t)),
-                     step.k.eq(Mux(a_t == 0, k_new[0].as_value(), k_rest[0].as_value()))]
-        for r in range(R):
-            m.d.comb += step.q[r].eq(q_regs[r][0])
+                     step.macs.eq(chunk_macs(m, geo, valid_rows, a_t)), step.k.eq(k_chunk)]
         with m.If(a_valid):
-            if W > 1:
-                m.d.sync += k_rest.eq(Mux(a_t == 0, k_new.as_value(), k_rest.as_value())[chunk_shape.size:])
-                for r in range(R):                     # rotate a chunk: back in place after W steps
-                    value = q_regs[r].as_value()
-                    m.d.sync += q_regs[r].eq(value.rotate_right(chunk_shape.size))
+            m.d.sync += k_rest.eq(Mux(a_t == 0, k_raw, k_rest) >> bits)
         m.d.comb += self.walked.eq(a_valid & a_end & (a_t == W - 1))
         with m.If(self.walked):
             m.d.sync += [loading.eq(1), taken.eq(0)]
-        with m.If(l_valid):
-            for r in range(R):
-                with m.If(l_slot == r):
-                    m.d.sync += q_regs[r].eq(q_new)
         return m

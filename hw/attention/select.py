@@ -1,7 +1,7 @@
 """Value selector: each row's k-th largest probability by a radix search, for local value pruning."""
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from spattn.formats import VALUE_KEEP_FRAC
@@ -101,39 +101,48 @@ class ValueSelector(wiring.Component):
 
         prefix = [Signal(unsigned(bits), name=f"prefix{r}") for r in range(R)]
         remaining = [Signal(geo.count, name=f"remaining{r}") for r in range(R)]
-        counters = [[Signal(geo.count, name=f"counter{r}_{b}") for b in range(buckets)] for r in range(R)]
         pruned = Signal(R)
         m.d.comb += self.pruned.eq(pruned)
         for r in range(R):
             m.d.comb += [self.kth[r].eq(prefix[r]), self.ties[r].eq(remaining[r])]
 
-        # ---- counting: one word of R probabilities a cycle --------------------------------------
+        # ---- counting: one word of R probabilities a cycle; per row 2**DIGIT_BITS counters in a
+        # small memory (LUT RAM) read and written back in the same cycle -----------------------------
         count_valid, count_last = Signal(), Signal()
         count_word = Signal(prob_word_layout(geo))
-        clear, scanning = Signal(), Signal()
+        scanning = Signal()
         scan_bucket = Signal(range(buckets))
         accumulated = [Signal(geo.count, name=f"accumulated{r}") for r in range(R)]
         found = Signal(R)
+        shift_now = per_pass(shifts, range(bits + 1), "shift_now")
         for r in range(R):
             value = count_word.prob[r]
             hit = count_valid & count_word.present[r] & higher_equal(value, prefix[r])
             value_digit = digit_of(value, f"digit{r}")
-            top = counters[r][buckets - 1]
-            for b in range(buckets):
-                counter = counters[r][b]
-                with m.If(clear):
-                    m.d.sync += counter.eq(0)
-                with m.Elif(scanning):
-                    # the scan reads the top counter and shifts the others up, zeros in below
-                    m.d.sync += counter.eq(counters[r][b - 1] if b else 0)
-                with m.Elif(hit & (value_digit == b)):
-                    m.d.sync += counter.eq(counter + 1)
+            counters = memory.Memory(shape=geo.count, depth=buckets, init=[])
+            m.submodules[f"counters{r}"] = counters
+            write, read = counters.write_port(), counters.read_port(domain="comb")
+            # A counter counts only once written since ``go`` (a bit per counter in registers), so
+            # a reset or an abandoned run leaves nothing behind in the memory.
+            written = Signal(buckets, name=f"written{r}")
+            bucket = Signal(range(buckets), name=f"bucket{r}")
+            count = Signal(geo.count, name=f"count{r}")
+            m.d.comb += [bucket.eq(Mux(scanning, scan_bucket, value_digit)), read.addr.eq(bucket),
+                         count.eq(Mux(written.bit_select(bucket, 1), read.data, 0)),
+                         write.addr.eq(bucket), write.en.eq(hit & ~scanning), write.data.eq(count + 1)]
+            with m.If(self.go):
+                m.d.sync += written.eq(0)
+            with m.Elif(scanning):
+                # the scan reads each bucket once and empties it
+                m.d.sync += written.bit_select(bucket, 1).eq(0)
+            with m.Elif(hit):
+                m.d.sync += written.bit_select(bucket, 1).eq(1)
+            top = count
             # the scan: the first bucket from the top where the running count reaches `remaining`
             reached = accumulated[r] + top >= remaining[r]
             with m.If(scanning & ~found[r] & reached):
                 m.d.sync += [found[r].eq(1), remaining[r].eq(remaining[r] - accumulated[r]),
-                             prefix[r].eq(prefix[r] | (scan_bucket << per_pass(shifts, range(bits + 1),
-                                                                               f"shift{r}")))]
+                             prefix[r].eq(prefix[r] | (scan_bucket << shift_now))]
             with m.If(scanning):
                 m.d.sync += accumulated[r].eq(accumulated[r] + top)
 
@@ -178,7 +187,6 @@ class ValueSelector(wiring.Component):
                 with m.If(self.go):
                     m.d.sync += [block.eq(self.block), digit.eq(0), keep_row.eq(0), pruned.eq(0)]
                     m.d.sync += [p.eq(0) for p in prefix]
-                    m.d.comb += clear.eq(1)
                     m.next = "SAMPLES"
             with m.State("SAMPLES"):
                 m.d.comb += [count_valid.eq(self.sample_valid), count_word.eq(self.sample.word),
@@ -186,14 +194,13 @@ class ValueSelector(wiring.Component):
                 with m.If(self.sample_valid & count_last):
                     m.next = "KEEPS"
             with m.State("KEEPS"):
-                with m.If(keeps_done):
-                    with m.If(pruned == 0):
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.d.sync += [scan_bucket.eq(buckets - 1), found.eq(0)]
-                        m.d.sync += [a.eq(0) for a in accumulated]
-                        m.next = "SCAN"
+                with m.If(keeps_done & (pruned == 0)):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Elif(keeps_done):
+                    m.d.sync += [scan_bucket.eq(buckets - 1), found.eq(0)]
+                    m.d.sync += [a.eq(0) for a in accumulated]
+                    m.next = "SCAN"
             with m.State("SCAN"):
                 m.d.comb += scanning.eq(1)
                 m.d.sync += scan_bucket.eq(scan_bucket - 1)

@@ -34,8 +34,8 @@ import torch
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, Event, FallingEdge, First, RisingEdge, Timer
 
-from spattn.formats import (VALUE_KEEP_FRAC, AttentionFormats, plane_row_bytes, recompute_threshold_int,
-                            split_planes, value_keep_int)
+from spattn.formats import (VALUE_KEEP_FRAC, AttentionFormats, dynatran_threshold_int, plane_row_bytes,
+                            recompute_threshold_int, split_planes, value_keep_int)
 from spattn.hw.attention import (PLANE_LSB, PLANE_MSB, TENSOR_K, TENSOR_Q, TENSOR_V,
                                  attention_command_layout, mask_layout, mask_request_layout,
                                  mem_request_layout, mem_response_layout, out_layout, probs_layout)
@@ -759,6 +759,45 @@ async def reset_mid_head(dut):
     after = await bench.run_head("reset_mid_head reference again", q, k, v, **flags)
     same = ("bytes_fetched", "rows_recomputed", "pe_macs")
     assert {key: after[key] for key in same} == {key: reference[key] for key in same}, (reference, after)
+
+
+@cocotb.test()
+async def dynatran(dut):
+    """DynaTran inside the core: threshold 0 (nothing pruned), a quarter of the value range, one that
+    prunes every value, on random heads with and without progressive quantization and value
+    pruning, and on a real MiniLM head at the calibrated threshold 0.1."""
+    bench, cfg, rng = await setup(dut, seed_offset=9, stalls=Stalls(0.2, 0.2, 0.2, 0.2, (0, 10)))
+    small, medium, big = sizes(cfg)
+    everything = (1 << (cfg.act_bits - 1)) + 1
+    q, k, v = random_qkv(cfg, SEED + 800, medium, "full")
+    results = {}
+    for tau in (0, bench.fmt.act.max // 4, everything):
+        for number, flags in enumerate([{"progressive": False},
+                                        {"threshold": prob_threshold(bench, 0.5),
+                                         "value_keep": value_keep_int(0.5)}]):
+            results[tau, number] = await bench.run_head(f"dynatran {tau} {number}", q, k, v, dynatran=tau,
+                                                        **flags)
+    assert results[everything, 0]["bytes_fetched"] == results[0, 0]["bytes_fetched"]
+    real_q, real_k, real_v = minilm_qkv(cfg, int(os.environ.get("SPATTN_ATTN_SENTENCE", "42")), 0)
+    n = min(real_q.shape[1], big)
+    await bench.run_head("dynatran minilm 0.1", real_q[0, :n], real_k[0, :n], real_v[0, :n],
+                         dynatran=dynatran_threshold_int(0.1, bench.fmt.act), progressive=False)
+
+
+@cocotb.test()
+async def longest_heads(dut):
+    """Heads of ``max_tokens`` (unless ``SPATTN_ATTN_MAX_N`` caps them): random Q, K, V dense, and a
+    real MiniLM head (the corpus run together) with progressive quantization, value pruning and
+    DynaTran, under random stalls."""
+    bench, cfg, rng = await setup(dut, seed_offset=10, stalls=Stalls(0.1, 0.1, 0.1, 0.1, (0, 8)))
+    n = fitting(cfg, float("inf"))
+    q, k, v = random_qkv(cfg, SEED + 900, n, "full")
+    await bench.run_head(f"longest random n={n}", q, k, v, progressive=False)
+    real_q, real_k, real_v = minilm_qkv(cfg, -1, 1)
+    n = min(n, real_q.shape[1])
+    await bench.run_head(f"longest minilm n={n}", real_q[1, :n], real_k[1, :n], real_v[1, :n],
+                         threshold=prob_threshold(bench, 0.1), value_keep=value_keep_int(0.5),
+                         dynatran=dynatran_threshold_int(0.1, bench.fmt.act))
 
 
 # --- benchmark ----------------------------------------------------------------------------------------

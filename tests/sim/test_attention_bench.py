@@ -10,20 +10,26 @@ from spattn.sim.bench import attention_settings, format_attention, summarize_att
 from spattn.sim.runner import SIMULATORS, run_bench
 
 # attn4: a 4 x 4 PE array (on the ULX3S, for the multipliers) with the tiny preset's formats and
-# 64 tokens: every test of the bench. tiny: the iCE40 preset's 2 x 2 array, fewer tests.
+# 64 tokens: every test of the bench. tiny: the iCE40 preset's 2 x 2 array, fewer tests. minilm: the
+# shipped preset the README's figures come from (8 x 8 PEs, 256 tokens, head_dim 32, 12-bit values),
+# so that widths of a real configuration are simulated too, up to heads of max_tokens.
 # SPATTN_ATTN_WORK bounds the heads of the tests (cycles of one Q·Kᵀ pass): on attn4, n up to 64 =
 # max_tokens on Verilator; Icarus, the slower simulator, gets n up to 32 and one random head of 64.
 CONFIGS = {
     "attn4": dataclasses.replace(preset("tiny"), name="attn4", board="ulx3s-85f", clock_mhz=25.0,
                                  pe_rows=4, pe_cols=4),
     "tiny": preset("tiny"),
+    "minilm": preset("minilm"),
 }
 TESTCASES = {
     "attn4": None,
-    "tiny": ["random_heads", "causal_heads", "static_mask", "reset_mid_head"],
+    "tiny": ["random_heads", "causal_heads", "static_mask", "reset_mid_head", "dynatran"],
+    "minilm": ["longest_heads", "minilm_heads", "dynatran"],
 }
 ENV = {"verilator": {"SPATTN_ATTN_WORK": "4096"},
        "icarus": {"SPATTN_ATTN_WORK": "1024", "SPATTN_ATTN_LARGEST_WORK": "4096"}}
+#: minilm on Icarus: the real heads only, up to 48 tokens (Icarus simulates this core ~20x slower).
+MINILM_ICARUS = {"testcase": ["minilm_heads"], "env": {"SPATTN_ATTN_MAX_N": "48"}}
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -38,8 +44,12 @@ def test_attention_core_matches_golden_model(simulator, config, tmp_path):
         env.update(SPATTN_ATTN_BENCH=json.dumps({"latency": 3, "sentences": [0], "layers": [1], "heads": [1],
                                                  "settings": settings}),
                    SPATTN_BENCH_OUT=str(bench_out))
+    testcase = TESTCASES[config]
+    if config == "minilm" and simulator == "icarus":
+        testcase = MINILM_ICARUS["testcase"]
+        env.update(MINILM_ICARUS["env"])
     run_bench("attention", cfg, "spattn.sim.benches.attention_bench", simulator=simulator,
-              testcase=TESTCASES[config], extra_env=env)
+              testcase=testcase, extra_env=env)
     if benchmark:
         rows = [json.loads(line) for line in bench_out.read_text().splitlines()]
         assert [r["setting"] for r in rows] == [s["name"] for s in settings]
