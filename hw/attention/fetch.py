@@ -208,7 +208,8 @@ class FetchUnit(wiring.Component):
 
         # ---- pending items, released in order once their requests are answered ------------------
         for tensor, _, depth in inputs:
-            fifo = SyncFIFOBuffered(width=pending_layout.size, depth=depth)
+            # two spare entries: a buffered FIFO can refuse a write while its output register fills
+            fifo = SyncFIFOBuffered(width=pending_layout.size, depth=depth + 2)
             m.submodules[f"pending_{'qkv'[tensor]}"] = fifo
             out = outputs[tensor]
             head = data.View(pending_layout, fifo.r_data)
