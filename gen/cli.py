@@ -2,7 +2,9 @@
 
 import argparse
 import importlib
+import json
 import sys
+import time
 from pathlib import Path
 
 from spattn.config import PRESETS, ConfigError, preset
@@ -46,6 +48,39 @@ def _bitstream(args):
     print(f"report written to {report_path}")
 
 
+def _units(args):
+    from .synth import format_unit_table, unit_resources
+
+    cfg = preset(args.preset)
+    started = time.monotonic()
+    table = unit_resources(args.block, cfg, Path(args.build_dir) / f"{args.block}-{cfg.name}")
+    wall = time.monotonic() - started
+    text = format_unit_table(table)
+    heading = (
+        f"# LUTs per unit: {args.block}, preset {cfg.name}\n\n"
+        f"Measured {table.date} with {table.yosys}, `synth_ecp5 -noflatten` (ECP5, module hierarchy "
+        f"kept); {wall:.1f} s wall, of which Yosys {table.seconds:.1f} s.\n\n"
+        "- LUTs: LUT4 sites as nextpnr-ecp5 counts them before packing: one per LUT4, two per CCU2C carry "
+        "cell, six per TRELLIS_DPR16X4 LUT RAM (four RAM LUTs and the two of its write-port slice). "
+        "nextpnr's TRELLIS_COMB after packing also holds carry feed-through and constant cells, which "
+        "belong to no unit.\n"
+        "- own: the module's own cells; share: own LUTs over the block's total, so the column adds up to "
+        "100%; FFs (TRELLIS_FF), DSPs (MULT18X18D), BRAMs (DP16KD) and LUT RAM (TRELLIS_DPR16X4 cells) "
+        "are own.\n"
+        "- Nothing is optimized across module boundaries, so the total can exceed a flat synthesis of "
+        "the block.\n"
+    )
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    markdown_path = output / f"{args.block}_units.md"
+    json_path = output / f"{args.block}_units.json"
+    markdown_path.write_text(f"{heading}\n{text}\n")
+    json_path.write_text(json.dumps({"block": args.block, "preset": cfg.name, "wall_seconds": round(wall, 1),
+                                     **table.to_dict()}, indent=2) + "\n")
+    print(text)
+    print(f"wrote {markdown_path} and {json_path}")
+
+
 #: Commands handled by another module's ``main(argv)``, which parses its own options.
 FORWARDED = {
     "bench": ("spattn.sim.bench", "measure cycles on the generated RTL (spattn bench topk)"),
@@ -79,6 +114,16 @@ def main(argv=None):
                            help="configuration (default: default for ulx3s-85f, tiny for icebreaker)")
     bitstream.add_argument("-o", "--output", default="build/fpga", help="build directory")
     bitstream.set_defaults(run=_bitstream)
+
+    units = commands.add_parser("units", help="LUTs, flip-flops, DSPs and block RAMs of each unit of a block "
+                                              "(Yosys, ECP5, hierarchy kept)")
+    units.add_argument("--block", required=True, choices=sorted(BLOCKS), help="block to measure")
+    units.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
+    units.add_argument("-o", "--output", default="reports",
+                       help="directory for <block>_units.md and <block>_units.json")
+    units.add_argument("--build-dir", default="build/units",
+                       help="directory for the Verilog and Yosys files (a subdirectory per block and preset)")
+    units.set_defaults(run=_units)
 
     for name, (_, text) in FORWARDED.items():
         commands.add_parser(name, help=text)

@@ -786,11 +786,11 @@ async def dynatran(dut):
 
 @cocotb.test()
 async def longest_heads(dut):
-    """Heads of ``max_tokens`` (unless ``SPATTN_ATTN_MAX_N`` caps them): random Q, K, V dense, and a
-    real MiniLM head (the corpus run together) with progressive quantization, value pruning and
-    DynaTran, under random stalls."""
+    """The largest heads (``max_tokens`` unless ``SPATTN_ATTN_LARGEST_WORK`` or ``SPATTN_ATTN_MAX_N``
+    cap them): random Q, K, V dense, and a real MiniLM head (the corpus run together) with
+    progressive quantization, value pruning and DynaTran, under random stalls."""
     bench, cfg, rng = await setup(dut, seed_offset=10, stalls=Stalls(0.1, 0.1, 0.1, 0.1, (0, 8)))
-    n = fitting(cfg, float("inf"))
+    n = largest(cfg)
     q, k, v = random_qkv(cfg, SEED + 900, n, "full")
     await bench.run_head(f"longest random n={n}", q, k, v, progressive=False)
     real_q, real_k, real_v = minilm_qkv(cfg, -1, 1)

@@ -36,3 +36,18 @@ def test_unknown_block_names_the_known_ones(tmp_path):
                                          r"'pe_array_ws', "
                                          r"'pe_array_ws_sat', 'topk'\], not 'fft'"):
         generate(preset("tiny"), tmp_path, block="fft")
+
+
+def test_units_command_writes_the_table(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    assert main(["units", "--block", "topk", "--preset", "tiny", "-o", str(reports),
+                 "--build-dir", str(tmp_path / "build")]) == 0
+    markdown = (reports / "topk_units.md").read_text()
+    data = json.loads((reports / "topk_units.json").read_text())
+    assert markdown.startswith("# LUTs per unit: topk, preset tiny\n")
+    assert data["yosys"] in markdown and data["date"] in markdown
+    assert data["block"] == "topk" and data["preset"] == "tiny"
+    assert data["units"][0]["module"] == "spattn_topk"
+    assert f"| `spattn_topk` (top) | {data['units'][0]['own']['luts']} | 100.0% |" in markdown
+    assert "| `spattn_topk` (top) |" in capsys.readouterr().out
+    assert (tmp_path / "build" / "topk-tiny" / "spattn_topk.v").exists()
