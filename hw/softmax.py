@@ -21,8 +21,9 @@ class ExpLanes(wiring.Component):
     x : In(array of ``lanes`` unsigned distances, ``score_bits + 1`` bits)
     e : Out(array of ``lanes`` unsigned ``exp_frac + 1``-bit exponents)
 
-    Latency 2 cycles (the table is a synchronous ROM, one read port per lane, then a registered
-    shifter); throughput one set of lanes per cycle. No handshake: the caller tracks validity.
+    Latency 3 cycles (the table is a synchronous ROM in block RAM, one read port per lane; its
+    data is registered; then a registered shifter); throughput one set of lanes per cycle. No
+    handshake: the caller tracks validity.
     """
 
     def __init__(self, fmt: AttentionFormats, lanes):
@@ -36,7 +37,9 @@ class ExpLanes(wiring.Component):
         m = Module()
         fmt = self.fmt
         frac = fmt.score.frac
-        table = memory.Memory(shape=unsigned(fmt.exp_frac + 1), depth=1 << frac, init=fmt.exp_lut)
+        # In block RAM (two lanes share one, a read port each), not in LUTs
+        table = memory.Memory(shape=unsigned(fmt.exp_frac + 1), depth=1 << frac, init=fmt.exp_lut,
+                              attrs={"ram_style": "block"})
         m.submodules.table = table
         limit = fmt.exp_frac + 1
         for lane in range(self.lanes):
@@ -44,9 +47,12 @@ class ExpLanes(wiring.Component):
             x = self.x[lane]
             m.d.comb += port.addr.eq(x[:frac])
             shift = Signal(range(limit + 2), name=f"shift{lane}")
+            looked_up = Signal.like(port.data, name=f"looked_up{lane}")
+            shift_late = Signal.like(shift, name=f"shift_late{lane}")
             # Distances of more than exp_frac + 1 octaves round to 0: clamp the shift there.
-            m.d.sync += shift.eq(Mux((x >> frac) > limit, limit + 1, x >> frac))
-            m.d.sync += self.e[lane].eq(((port.data << 1) >> shift) + 1 >> 1)
+            m.d.sync += [shift.eq(Mux((x >> frac) > limit, limit + 1, x >> frac)),
+                         looked_up.eq(port.data), shift_late.eq(shift),
+                         self.e[lane].eq(((looked_up << 1) >> shift_late) + 1 >> 1)]
         return m
 
 

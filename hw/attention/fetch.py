@@ -58,7 +58,7 @@ class FetchUnit(wiring.Component):
     bytes_fetched : Out(32)
 
     Latency: an item whose rows are on chip leaves 4 cycles after it arrives; throughput one item
-    per cycle, one request per cycle.
+    per cycle when it needs no request, one per ``1 + requests`` cycles otherwise.
     """
 
     INFLIGHT = 16
@@ -146,9 +146,10 @@ class FetchUnit(wiring.Component):
         b_msb, b_lsb = Signal(), Signal()
         issued = Signal(SEQ_BITS)
         req_take = Signal()
-        # stage B finishes this cycle: no request left, or the last one is being taken
+        # stage B finishes once no request is left (registered flags only, so that the inputs'
+        # ready does not wait on the memory's)
         b_done = Signal()
-        m.d.comb += b_done.eq(b_valid & (~(b_msb | b_lsb) | (req_take & ~(b_msb & b_lsb))))
+        m.d.comb += b_done.eq(b_valid & ~(b_msb | b_lsb))
         a_move = Signal()
         m.d.comb += a_move.eq(a_valid & (~b_valid | b_done))
         a_free = Signal()
@@ -215,7 +216,7 @@ class FetchUnit(wiring.Component):
             head = data.View(pending_layout, fifo.r_data)
             m.d.comb += [
                 fifo.w_en.eq(b_done & (b_tensor == tensor)),
-                fifo.w_data.eq(Cat(b_item, issued + req_take)),
+                fifo.w_data.eq(Cat(b_item, issued)),
                 out.valid.eq(fifo.r_rdy & ~(received - head.seq)[SEQ_BITS - 1]),
                 out.payload.eq(head.item),
                 fifo.r_en.eq(out.valid & out.ready),

@@ -40,7 +40,9 @@ class MacGrid(wiring.Component):
     """``acc[r][c] = sum over a pass of a[r][c] * b[c]`` on R x C multipliers (the FPGA's DSPs).
 
     Q·Kᵀ steps multiply ``q[r][c] * k[c]``; P·V steps ``p[r] * v[c]``. Each accumulator starts
-    over on a step with ``first`` and delivers its sum after a step with ``last``.
+    over on a step with ``first`` and delivers its sum after a step with ``last``; a P·V sum
+    starts at ``2**(prob.frac - 1)`` instead of 0 (the rounding half of the output format, so the
+    output unit's rounding is a shift).
 
     Members
     -------
@@ -112,12 +114,14 @@ class MacGrid(wiring.Component):
         dot_bits = 2 * cfg.act_bits + bits_for(max(1, geo.d - 1))
         pv_bits = ((1 << (cfg.act_bits - 1)) * ((1 << (cfg.score_bits - 1)) + cfg.max_tokens)).bit_length() + 1
         acc_shape = signed(min(cfg.acc_bits, max(dot_bits, pv_bits)))
+        # P·V sums start at half an output LSB: the output unit's rounding is then a plain shift
+        pv_start = 1 << (geo.fmt.prob.frac - 1)
         for r in range(R):
             for c in range(C):
                 acc = Signal(acc_shape, name=f"acc{r}_{c}")
                 m.d.comb += self.result[r][c].eq(acc)
                 with m.If(s2_valid):
-                    m.d.sync += acc.eq(Mux(s2_first, 0, acc) + products[r][c])
+                    m.d.sync += acc.eq(Mux(s2_first, Mux(s2_qk, 0, pv_start), acc) + products[r][c])
         m.d.sync += [self.result_valid.eq(s2_valid & s2_last), self.result_qk.eq(s2_qk)]
         with m.If(s2_valid & s2_last):
             m.d.sync += self.result_tag.eq(s2_tag)

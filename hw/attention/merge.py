@@ -40,7 +40,7 @@ class KeptMerge(wiring.Component):
         One cycle, as the walk ends.
     idle : Out(1)
 
-    Latency: one key per cycle, less the stalls of ``v_items``; the first entry 2 cycles after ``go``.
+    Latency: one key per cycle, less the stalls of ``v_items``; the first entry 3 cycles after ``go``.
     """
 
     def __init__(self, geo: Geometry):
@@ -76,6 +76,7 @@ class KeptMerge(wiring.Component):
         with m.If(advance):
             m.d.sync += [s1_valid.eq(walking), s1_key.eq(key), s1_last.eq(key + 1 == block.n_keys)]
 
+        # S1: the prob-bank word; which rows keep the key.  S2: the entry and its V item, registered
         word = self.prob_read.data
         equal_seen = [Signal(geo.count, name=f"equal_seen{r}") for r in range(R)]
         kept, equal = [], []
@@ -85,32 +86,37 @@ class KeptMerge(wiring.Component):
             kept.append(word.present[r] & (~self.pruned[r] | (p > self.kth[r]) |
                                            (is_equal & (equal_seen[r] < self.ties[r]))))
             equal.append(is_equal)
-        kept_bits = Signal(R)
-        m.d.comb += kept_bits.eq(Cat(*kept))
-        any_kept = kept_bits.any()
-        m.d.comb += [self.v_items.valid.eq(s1_valid & any_kept), self.v_items.payload.row.eq(s1_key),
-                     self.v_items.payload.msb.eq(1), self.v_items.payload.lsb.eq(block.full),
-                     advance.eq(~s1_valid | ~any_kept | self.v_items.ready)]
+        s2_valid, s2_any, s2_key, s2_last = Signal(), Signal(), Signal(geo.index), Signal()
+        s2_prob = Signal(data.ArrayLayout(unsigned(geo.fmt.prob.bits), R))
+        s2_free = Signal()
+        m.d.comb += [s2_free.eq(~s2_valid | ~s2_any | self.v_items.ready), advance.eq(~s1_valid | s2_free),
+                     self.v_items.valid.eq(s2_valid & s2_any), self.v_items.payload.row.eq(s2_key),
+                     self.v_items.payload.msb.eq(1), self.v_items.payload.lsb.eq(block.full)]
+        with m.If(s2_free):
+            m.d.sync += [s2_valid.eq(s1_valid), s2_any.eq(Cat(*kept).any()), s2_key.eq(s1_key),
+                         s2_last.eq(s1_last)]
+            for r in range(R):
+                m.d.sync += s2_prob[r].eq(Mux(kept[r], word.prob[r], 0))
+        with m.If(s1_valid & s2_free):
+            for r in range(R):
+                with m.If(equal[r]):
+                    m.d.sync += equal_seen[r].eq(equal_seen[r] + 1)
 
         walk = memory.Memory(shape=walk_entry_layout(geo), depth=geo.T, init=[])
         m.submodules.walk = walk
         write, read = walk.write_port(), walk.read_port()
-        m.d.comb += [write.addr.eq(self.entries), write.data.key.eq(s1_key),
-                     write.en.eq(s1_valid & any_kept & advance),
+        s2_take = s2_valid & s2_free
+        m.d.comb += [write.addr.eq(self.entries), write.data.key.eq(s2_key), write.data.prob.eq(s2_prob),
+                     write.en.eq(s2_take & s2_any),
                      read.addr.eq(self.walk_read.addr), read.en.eq(self.walk_read.en),
                      self.walk_read.data.eq(read.data)]
-        for r in range(R):
-            m.d.comb += write.data.prob[r].eq(Mux(kept[r], word.prob[r], 0))
-        with m.If(s1_valid & advance):
-            with m.If(any_kept):
+        with m.If(s2_take):
+            with m.If(s2_any):
                 m.d.sync += self.entries.eq(self.entries + 1)
-            for r in range(R):
-                with m.If(equal[r]):
-                    m.d.sync += equal_seen[r].eq(equal_seen[r] + 1)
-            with m.If(s1_last):
+            with m.If(s2_last):
                 m.d.sync += self.finished.eq(1)
                 m.d.comb += self.done.eq(1)
         with m.If(self.go):
             m.d.sync += [seen.eq(0) for seen in equal_seen]
-        m.d.comb += self.idle.eq(~walking & ~s1_valid)
+        m.d.comb += self.idle.eq(~walking & ~s1_valid & ~s2_valid)
         return m

@@ -11,9 +11,9 @@ __all__ = ["OutputUnit"]
 
 
 class OutputUnit(wiring.Component):
-    """Rounds each P·V sum to the act format (``(acc + 2**(prob.frac-1)) >> prob.frac``,
-    saturated), assembles a block's rows chunk by chunk with their L1 magnitudes, and sends the
-    final rows out in slot order.
+    """Rounds each P·V sum to the act format (``(acc + 2**(prob.frac-1)) >> prob.frac``, saturated;
+    the grid's sums already include the half), keeps a block's rows chunk by chunk, and sends the
+    final rows out in slot order with their L1 magnitudes.
 
     Members
     -------
@@ -56,19 +56,15 @@ class OutputUnit(wiring.Component):
         # O1: rounded outputs of one chunk of every row
         o1_valid, o1_chunk, o1_end = Signal(), Signal(range(max(2, W))), Signal()
         o1 = [[Signal(act, name=f"o1_{r}_{c}") for c in range(C)] for r in range(R)]
-        half = 1 << (fmt.prob.frac - 1)
         m.d.sync += [o1_valid.eq(self.result_valid & ~self.result_qk), o1_chunk.eq(self.result_tag.chunk),
                      o1_end.eq(self.result_tag.end)]
         for r in range(R):
             for c in range(C):
-                m.d.sync += o1[r][c].eq(saturate((self.result[r][c] + half) >> fmt.prob.frac, fmt.act))
-        # O2: the chunk into each row's memory (a small LUT RAM of W chunks per slot); each row's
-        # magnitude of the chunk (padding lanes are 0)
-        o2_valid, o2_first, o2_end = Signal(), Signal(), Signal()
-        partial = [Signal(magnitude_shape, name=f"partial{r}") for r in range(R)]
-        m.d.sync += [o2_valid.eq(o1_valid), o2_first.eq(o1_chunk == 0), o2_end.eq(o1_end)]
-        for r in range(R):
-            m.d.sync += partial[r].eq(sum(Mux(v < 0, -v, v) for v in o1[r]))
+                # the grid's P·V sums already hold the rounding half: rounding is a shift
+                m.d.sync += o1[r][c].eq(saturate(self.result[r][c] >> fmt.prob.frac, fmt.act))
+        # O2: the chunk into each row's memory (a small LUT RAM of W chunks per slot)
+        o2_valid, o2_end = Signal(), Signal()
+        m.d.sync += [o2_valid.eq(o1_valid), o2_end.eq(o1_end)]
         slot = Signal(range(R + 1))
         chunk = Signal(range(W + 1))
         chunk_shape = data.ArrayLayout(act, C)
@@ -82,11 +78,6 @@ class OutputUnit(wiring.Component):
                 m.d.comb += write.data[c].eq(o1[r][c])
             with m.If(slot == r):
                 m.d.comb += chunk_data.eq(read.data)
-        magnitudes = [Signal(magnitude_shape, name=f"magnitude{r}") for r in range(R)]
-        with m.If(o2_valid):
-            for r in range(R):
-                m.d.sync += magnitudes[r].eq(Mux(o2_first, 0, magnitudes[r]) + partial[r])
-
         # O3: the final rows leave in slot order, each gathered a chunk a cycle into the beat
         final = Signal(R)
         assembled = Signal(W * C * act.width)
@@ -110,15 +101,20 @@ class OutputUnit(wiring.Component):
                          gathering.eq(first_slot != R)]
             with m.If(first_slot == R):
                 m.d.comb += self.done.eq(1)
+        # the row's L1 magnitude, a chunk at a time as it is gathered (padding lanes are 0)
+        magnitude = Signal(magnitude_shape)
+        chunk_magnitude = sum(Mux(v < 0, -v, v) for v in chunk_data)
         with m.If(gathering):
-            m.d.sync += [assembled.eq(Cat(assembled[chunk_shape.size:], chunk_data)), chunk.eq(chunk + 1)]
+            m.d.sync += [assembled.eq(Cat(assembled[chunk_shape.size:], chunk_data)), chunk.eq(chunk + 1),
+                         magnitude.eq(Mux(chunk == 0, 0, magnitude) + chunk_magnitude)]
             with m.If(chunk == W - 1):
                 m.d.sync += [gathering.eq(0), presenting.eq(1)]
                 m.d.sync += beat.row.eq(self.block.rows[0])
-                for r in range(R):
+                for r in range(1, R):
                     with m.If(slot == r):
-                        m.d.sync += [beat.row.eq(self.block.rows[r]), beat.magnitude.eq(magnitudes[r])]
-        m.d.comb += [self.out.valid.eq(presenting), beat.full_precision.eq(self.block.full)]
+                        m.d.sync += beat.row.eq(self.block.rows[r])
+        m.d.comb += [self.out.valid.eq(presenting), beat.full_precision.eq(self.block.full),
+                     beat.magnitude.eq(magnitude)]
         for i in range(geo.d):
             m.d.comb += beat.data[i].eq(assembled.word_select(i, act.width))
         with m.If(presenting & self.out.ready):

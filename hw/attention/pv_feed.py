@@ -38,7 +38,7 @@ class PVFeed(wiring.Component):
         With ``walked``: the walk list was empty, no step was sent.
     busy : Out(1)
 
-    Latency 3 cycles from an entry to its step; one step per cycle.
+    Latency 4 cycles from an entry to its step; one step per cycle.
     """
 
     def __init__(self, geo: Geometry):
@@ -90,22 +90,28 @@ class PVFeed(wiring.Component):
         with m.If(empty):
             m.d.sync += walking.eq(0)
 
-        # S1: the entry; its V row is read.  S2: the V row; the step goes out.
+        # S1: the entry; its V row is read.  S2: the V row.
         entry_data = self.walk_read.data
         m.d.comb += self.v_read.addr.eq(entry_data.key)
         s2_valid, s2_first, s2_last, s2_chunk, s2_end = Signal(), Signal(), Signal(), Signal(range(max(2, W))), Signal()
         s2_prob = Signal.like(entry_data.prob)
         m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last),
                      s2_chunk.eq(s1_chunk), s2_end.eq(s1_end), s2_prob.eq(entry_data.prob)]
+        # S3: the chunk's raw planes in registers; the step goes out with them as operands
         raw = raw_chunks(geo, self.v_read.data).word_select(s2_chunk[:max(1, (W - 1).bit_length())],
                                                            chunk_bits(geo))
+        s3_valid, s3_first, s3_last, s3_chunk, s3_end = (Signal(), Signal(), Signal(),
+                                                         Signal(range(max(2, W))), Signal())
+        s3_prob, s3_raw = Signal.like(s2_prob), Signal(chunk_bits(geo))
+        m.d.sync += [s3_valid.eq(s2_valid), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                     s3_chunk.eq(s2_chunk), s3_end.eq(s2_end), s3_prob.eq(s2_prob), s3_raw.eq(raw)]
         step = self.step.payload
         valid_rows = sum(block.valid[r] for r in range(R))
-        m.d.comb += [self.step.valid.eq(s2_valid), step.p.eq(s2_prob), step.first.eq(s2_first),
-                     step.last.eq(s2_last), step.tag.chunk.eq(s2_chunk), step.tag.end.eq(s2_end),
-                     step.macs.eq(chunk_macs(m, geo, valid_rows, s2_chunk)),
-                     step.v.eq(chunk_operands(m, geo, raw, block.full, self.dynatran, "v_chunk"))]
-        m.d.comb += [self.walked.eq(empty | (s2_valid & s2_end)), self.skipped.eq(empty)]
+        m.d.comb += [self.step.valid.eq(s3_valid), step.p.eq(s3_prob), step.first.eq(s3_first),
+                     step.last.eq(s3_last), step.tag.chunk.eq(s3_chunk), step.tag.end.eq(s3_end),
+                     step.macs.eq(chunk_macs(m, geo, valid_rows, s3_chunk)),
+                     step.v.eq(chunk_operands(m, geo, s3_raw, block.full, self.dynatran, "v_chunk"))]
+        m.d.comb += [self.walked.eq(empty | (s3_valid & s3_end)), self.skipped.eq(empty)]
         with m.If(self.walked):
             m.d.sync += released.eq(Mux(self.v_items.valid, 1, 0))
         return m

@@ -115,25 +115,31 @@ class QKFeed(wiring.Component):
             with m.If(walking & (t == W - 1) & a_end):
                 m.d.sync += walking.eq(0)
 
+        # stage B: the rows' chunk (from their memories) and the key's raw chunk (chunk 0 from the
+        # buffer's data, later ones from a copy shifted a chunk per step) into registers
         step = self.step.payload
+        b_valid, b_t, b_key, b_end = Signal(), Signal(range(max(2, W))), Signal(geo.index), Signal()
+        b_q = Signal(data.ArrayLayout(chunk_shape, R))
+        b_k = Signal(bits)
+        m.d.sync += [b_valid.eq(a_valid), b_t.eq(a_t), b_key.eq(a_key), b_end.eq(a_end)]
         for r in range(R):
             rows = memory.Memory(shape=chunk_shape, depth=W, init=[])
             m.submodules[f"q_row{r}"] = rows
             write, read = rows.write_port(), rows.read_port()
             m.d.comb += [write.addr.eq(chunk), write.data.eq(q_chunk), write.en.eq(writing & (slot == r)),
-                         read.addr.eq(t), step.q[r].eq(read.data)]
-        # the key: chunk 0 from the buffer's data, later chunks from a copy shifted a chunk per step
+                         read.addr.eq(t)]
+            m.d.sync += b_q[r].eq(read.data)
         k_raw = raw_chunks(geo, self.k_read.data)
         k_rest = Signal(W * bits)
-        k_chunk = chunk_operands(m, geo, Mux(a_t == 0, k_raw[:bits], k_rest[:bits]), block.full,
-                                 self.dynatran, "k_chunk")
-        m.d.comb += [self.step.valid.eq(a_valid), step.first.eq(a_t == 0), step.last.eq(a_t == W - 1),
-                     step.tag.key.eq(a_key), step.tag.chunk.eq(a_t),
-                     step.tag.end.eq(a_end & (a_t == W - 1)),
-                     step.macs.eq(chunk_macs(m, geo, valid_rows, a_t)), step.k.eq(k_chunk)]
+        m.d.sync += b_k.eq(Mux(a_t == 0, k_raw[:bits], k_rest[:bits]))
         with m.If(a_valid):
             m.d.sync += k_rest.eq(Mux(a_t == 0, k_raw, k_rest) >> bits)
-        m.d.comb += self.walked.eq(a_valid & a_end & (a_t == W - 1))
+        # stage C: the step, K values as operands
+        m.d.comb += [self.step.valid.eq(b_valid), step.first.eq(b_t == 0), step.last.eq(b_t == W - 1),
+                     step.tag.key.eq(b_key), step.tag.chunk.eq(b_t), step.tag.end.eq(b_end & (b_t == W - 1)),
+                     step.macs.eq(chunk_macs(m, geo, valid_rows, b_t)), step.q.eq(b_q),
+                     step.k.eq(chunk_operands(m, geo, b_k, block.full, self.dynatran, "k_chunk"))]
+        m.d.comb += self.walked.eq(b_valid & b_end & (b_t == W - 1))
         with m.If(self.walked):
             m.d.sync += [loading.eq(1), taken.eq(0)]
         return m

@@ -123,7 +123,6 @@ class ScoreUnit(wiring.Component):
             m.d.sync += m1_products[s].eq(ser[s] * fmt.scale_mult)
         m2_valid, m2_key, m2_end, m2_present = Signal(), Signal(geo.index), Signal(), Signal(R)
         word = [Signal(fmt.score.shape, name=f"word{i}") for i in range(turns * S)]
-        half = 1 << (fmt.scale_shift - 1)
         m.d.sync += [m2_valid.eq(m1_valid & m1_last), m2_key.eq(m1_key), m2_end.eq(m1_end),
                      m2_present.eq(m1_present)]
         with m.If(m1_valid):
@@ -131,7 +130,8 @@ class ScoreUnit(wiring.Component):
                 if i + S < turns * S:
                     m.d.sync += word[i].eq(word[i + S])
                 else:
-                    scaled = (m1_products[i - (turns - 1) * S] + half) >> fmt.scale_shift
+                    # (x + 2**(s-1)) >> s as ((x >> (s-1)) + 1) >> 1: the same value, a short adder
+                    scaled = ((m1_products[i - (turns - 1) * S] >> (fmt.scale_shift - 1)) + 1) >> 1
                     m.d.sync += word[i].eq(saturate(scaled, fmt.score))
 
         # the bank, the row maxima and counts

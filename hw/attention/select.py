@@ -108,8 +108,13 @@ class ValueSelector(wiring.Component):
 
         # ---- counting: one word of R probabilities a cycle; per row 2**DIGIT_BITS counters in a
         # small memory (LUT RAM) read and written back in the same cycle -----------------------------
-        count_valid, count_last = Signal(), Signal()
+        # the word to count arrives here (from the softmax unit or the prob bank) and is counted
+        # from a register a cycle later
+        arriving_valid, count_last = Signal(), Signal()
+        arriving_word = Signal(prob_word_layout(geo))
+        count_valid = Signal()
         count_word = Signal(prob_word_layout(geo))
+        m.d.sync += [count_valid.eq(arriving_valid), count_word.eq(arriving_word)]
         scanning = Signal()
         scan_bucket = Signal(range(buckets))
         accumulated = [Signal(geo.count, name=f"accumulated{r}") for r in range(R)]
@@ -189,7 +194,7 @@ class ValueSelector(wiring.Component):
                     m.d.sync += [p.eq(0) for p in prefix]
                     m.next = "SAMPLES"
             with m.State("SAMPLES"):
-                m.d.comb += [count_valid.eq(self.sample_valid), count_word.eq(self.sample.word),
+                m.d.comb += [arriving_valid.eq(self.sample_valid), arriving_word.eq(self.sample.word),
                              count_last.eq(self.sample.key + 1 == block.n_keys)]
                 with m.If(self.sample_valid & count_last):
                     m.next = "KEEPS"
@@ -212,9 +217,11 @@ class ValueSelector(wiring.Component):
                         m.d.sync += [digit.eq(digit + 1), key.eq(0), reading.eq(1)]
                         m.next = "PASS"
             with m.State("PASS"):
-                m.d.comb += [count_valid.eq(read_valid), count_word.eq(self.prob_read.data)]
+                m.d.comb += [arriving_valid.eq(read_valid), arriving_word.eq(self.prob_read.data)]
                 with m.If(read_valid & read_last):
-                    m.d.sync += [scan_bucket.eq(buckets - 1), found.eq(0)]
-                    m.d.sync += [a.eq(0) for a in accumulated]
-                    m.next = "SCAN"
+                    m.next = "COUNT_LAST"
+            with m.State("COUNT_LAST"):
+                m.d.sync += [scan_bucket.eq(buckets - 1), found.eq(0)]
+                m.d.sync += [a.eq(0) for a in accumulated]
+                m.next = "SCAN"
         return m

@@ -94,21 +94,25 @@ class SoftmaxUnit(wiring.Component):
         in_pass2 = Signal()
         issue = Signal()
 
-        # ---- the pass pipeline: E1 score word, E2-E3 exponents, E4 product, E5 probability ------
+        # ---- the pass pipeline: E1 score word, E2 distances, E3-E5 exponents, E6 product,
+        # E7 probability ---------------------------------------------------------------------------
         tag = data.StructLayout({"valid": 1, "key": geo.index, "last": 1})
-        e1, e2, e3, e4, e5 = (Signal(tag, name=f"e{i}") for i in range(1, 6))
+        stages = [Signal(tag, name=f"e{i}") for i in range(1, 8)]
+        e1, e5, e6, e7 = stages[0], stages[4], stages[5], stages[6]
         m.d.comb += self.score_read.addr.eq(bank_set * geo.T + key)
-        m.d.sync += [e1.valid.eq(issue), e1.key.eq(key), e1.last.eq(key + 1 == block.n_keys),
-                     e2.eq(e1), e3.eq(e2), e4.eq(e3), e5.eq(e4)]
+        m.d.sync += [e1.valid.eq(issue), e1.key.eq(key), e1.last.eq(key + 1 == block.n_keys)]
+        m.d.sync += [later.eq(earlier) for earlier, later in zip(stages, stages[1:])]
         word = self.score_read.data
-        e2_present, e3_present = Signal(R), Signal(R)
-        m.d.sync += [e2_present.eq(word.present), e3_present.eq(e2_present)]
+        present = [Signal(R, name=f"e{i}_present") for i in range(2, 6)]      # E2 .. E5
+        m.d.sync += [present[0].eq(word.present)] + [b.eq(a) for a, b in zip(present, present[1:])]
         for r in range(R):
-            m.d.comb += exp.x[r].eq(Mux(word.present[r], maxima[r] - word.score[r], 0))
-        exps = [Mux(e3_present[r], exp.e[r], 0) for r in range(R)]
+            distance = Signal.like(exp.x[r], name=f"distance{r}")
+            m.d.sync += distance.eq(Mux(word.present[r], maxima[r] - word.score[r], 0))
+            m.d.comb += exp.x[r].eq(distance)
+        exps = [Mux(present[-1][r], exp.e[r], 0) for r in range(R)]
         total_shape = unsigned(fmt.exp_frac + 1 + bits_for(geo.T))
         totals = [Signal(total_shape, name=f"total{r}") for r in range(R)]
-        with m.If(e3.valid & ~in_pass2):
+        with m.If(e5.valid & ~in_pass2):
             for r in range(R):
                 m.d.sync += totals[r].eq(totals[r] + exps[r])
 
@@ -123,45 +127,45 @@ class SoftmaxUnit(wiring.Component):
             recips.append(divider.quotient[:fmt.prob.frac + 2])
             dividers_idle.append(divider.idle)
 
-        e4_products = [Signal(unsigned(fmt.exp_frac + fmt.prob.frac + 3), name=f"e4_product{r}")
+        e6_products = [Signal(unsigned(fmt.exp_frac + fmt.prob.frac + 3), name=f"e6_product{r}")
                        for r in range(R)]
-        e4_present = Signal(R)
-        m.d.sync += e4_present.eq(e3_present & self.final)
+        e6_present = Signal(R)
+        m.d.sync += e6_present.eq(present[-1] & self.final)
         for r in range(R):
-            m.d.sync += e4_products[r].eq(exps[r] * recips[r])
-        e5_word = Signal(prob_word_layout(geo))
-        exp_half = 1 << (fmt.exp_frac - 1)
-        m.d.sync += e5_word.present.eq(e4_present)
+            m.d.sync += e6_products[r].eq(exps[r] * recips[r])
+        e7_word = Signal(prob_word_layout(geo))
+        m.d.sync += e7_word.present.eq(e6_present)
         for r in range(R):
-            p = (e4_products[r] + exp_half) >> fmt.exp_frac
-            m.d.sync += e5_word.prob[r].eq(Mux(e4_present[r], Mux(p > fmt.prob.max, fmt.prob.max, p), 0))
-        e5_out = Signal()
-        m.d.sync += e5_out.eq(e4.valid & in_pass2)
+            # (x + 2**(f-1)) >> f as ((x >> (f-1)) + 1) >> 1: the same value, a short adder
+            p = ((e6_products[r] >> (fmt.exp_frac - 1)) + 1) >> 1
+            m.d.sync += e7_word.prob[r].eq(Mux(e6_present[r], Mux(p > fmt.prob.max, fmt.prob.max, p), 0))
+        e7_out = Signal()
+        m.d.sync += e7_out.eq(e6.valid & in_pass2)
 
         # ---- outputs of pass 2 -------------------------------------------------------------------
         bank = memory.Memory(shape=prob_word_layout(geo), depth=geo.T, init=[])
         m.submodules.bank = bank
         write = bank.write_port()
-        m.d.comb += [write.addr.eq(e5.key), write.data.eq(e5_word), write.en.eq(e5_out)]
+        m.d.comb += [write.addr.eq(e7.key), write.data.eq(e7_word), write.en.eq(e7_out)]
         for reader in (self.merge_read, self.select_read):
             port = bank.read_port()
             m.d.comb += [port.addr.eq(reader.addr), port.en.eq(reader.en), reader.data.eq(port.data)]
-        m.d.comb += [self.sample_valid.eq(e5_out), self.sample.key.eq(e5.key), self.sample.word.eq(e5_word)]
+        m.d.comb += [self.sample_valid.eq(e7_out), self.sample.key.eq(e7.key), self.sample.word.eq(e7_word)]
         beat = probs_layout(geo.cfg)
         m.submodules.probs_fifo = fifo = SyncFIFOBuffered(width=beat.size, depth=self.PROBS_DEPTH)
         any_final = self.final.any()
-        m.d.comb += [fifo.w_en.eq(e5_out & any_final),
-                     fifo.w_data.eq(Cat(e5.key, block.rows, self.final, e5_word.prob, e5.last)),
+        m.d.comb += [fifo.w_en.eq(e7_out & any_final),
+                     fifo.w_data.eq(Cat(e7.key, block.rows, self.final, e7_word.prob, e7.last)),
                      self.probs.valid.eq(fifo.r_rdy), self.probs.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.probs.valid & self.probs.ready)]
         # credit: never more keys in flight than the queue can still take
-        in_flight = Signal(range(8))
-        m.d.sync += in_flight.eq(in_flight + (issue & in_pass2) - e5_out)
+        in_flight = Signal(range(len(stages) + 2))
+        m.d.sync += in_flight.eq(in_flight + (issue & in_pass2) - e7_out)
         room = Signal()
         m.d.comb += room.eq(fifo.level + in_flight < self.PROBS_DEPTH - 1)
 
         # ---- control -----------------------------------------------------------------------------
-        drained = ~(e1.valid | e2.valid | e3.valid | e4.valid | e5.valid)
+        drained = ~Cat(*(stage.valid for stage in stages)).any()
         slot = Signal(range(R + 1))
         redo_rows = Signal(R)
         m.d.comb += self.redo.payload.eq(block.rows[0])

@@ -35,10 +35,11 @@ def test_exponent_lanes_match_the_golden_exponent(name):
             for lane in range(lanes):
                 ctx.set(dut.x[lane], xs[start + lane])
             await ctx.tick()
-            if start >= lanes:   # e is valid two cycles after its x: one tick later here
+            if start >= 2 * lanes:   # e is valid three cycles after its x: two ticks later here
                 got.extend(ctx.get(dut.e[lane]) for lane in range(lanes))
-        await ctx.tick()
-        got.extend(ctx.get(dut.e[lane]) for lane in range(lanes))
+        for _ in range(2):
+            await ctx.tick()
+            got.extend(ctx.get(dut.e[lane]) for lane in range(lanes))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
