@@ -29,7 +29,7 @@ class OutputUnit(wiring.Component):
         One cycle when the block's last row has left (or was skipped: not final).
     idle : Out(1)
 
-    Latency ``W + 3`` cycles from the last chunk's result to the first row; then a row every
+    Latency ``W + 4`` cycles from the last chunk's result to the first row; then a row every
     ``W + 1`` cycles (its chunks are gathered from the row's memory), final rows only.
     """
 
