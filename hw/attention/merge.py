@@ -91,7 +91,8 @@ class KeptMerge(wiring.Component):
         s2_free = Signal()
         m.d.comb += [s2_free.eq(~s2_valid | ~s2_any | self.v_items.ready), advance.eq(~s1_valid | s2_free),
                      self.v_items.valid.eq(s2_valid & s2_any), self.v_items.payload.row.eq(s2_key),
-                     self.v_items.payload.msb.eq(1), self.v_items.payload.lsb.eq(block.full)]
+                     self.v_items.payload.msb.eq(1), self.v_items.payload.lsb.eq(block.full),
+                     self.v_items.payload.slot.eq(0), self.v_items.payload.last.eq(0)]
         with m.If(s2_free):
             m.d.sync += [s2_valid.eq(s1_valid), s2_any.eq(Cat(*kept).any()), s2_key.eq(s1_key),
                          s2_last.eq(s1_last)]

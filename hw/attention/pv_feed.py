@@ -109,6 +109,7 @@ class PVFeed(wiring.Component):
         valid_rows = sum(block.valid[r] for r in range(R))
         m.d.comb += [self.step.valid.eq(s3_valid), step.p.eq(s3_prob), step.first.eq(s3_first),
                      step.last.eq(s3_last), step.tag.chunk.eq(s3_chunk), step.tag.end.eq(s3_end),
+                     step.tag.key.eq(0),
                      step.macs.eq(chunk_macs(m, geo, valid_rows, s3_chunk)),
                      step.v.eq(chunk_operands(m, geo, s3_raw, block.full, self.dynatran, "v_chunk"))]
         m.d.comb += [self.walked.eq(empty | (s3_valid & s3_end)), self.skipped.eq(empty)]

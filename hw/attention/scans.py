@@ -106,7 +106,7 @@ class KeyScan(wiring.Component):
         # without a static mask, keys 0 .. n_keys - 1 are present for some row, causal or not
         m.d.comb += wanted.eq(~masked | present)
         item = self.items.payload
-        m.d.comb += [self.items.valid.eq(s1_valid), item.row.eq(s1_key), item.last.eq(s1_last),
+        m.d.comb += [self.items.valid.eq(s1_valid), item.row.eq(s1_key), item.last.eq(s1_last), item.slot.eq(0),
                      item.msb.eq(wanted), item.lsb.eq(wanted & block.full)]
         m.d.comb += self.idle.eq(~scanning & ~s1_valid)
         return m

@@ -176,7 +176,7 @@ class Scheduler(wiring.Component):
                 normal = Signal(block_layout(geo.cfg))
                 for r in range(R):
                     m.d.comb += [normal.rows[r].eq(first_row + r), normal.valid[r].eq(rows_left > r)]
-                m.d.comb += [normal.full.eq(~head.progressive),
+                m.d.comb += [normal.full.eq(~head.progressive), normal.recompute.eq(0), normal.final.eq(0),
                              normal.n_keys.eq(Mux(head.causal & (first_row + R < n), first_row + R, n))]
                 all_checked = decided_in_order == in_order_total
                 with m.If(first_row < n):
