@@ -13,7 +13,7 @@ __all__ = ["TENSOR_Q", "TENSOR_K", "TENSOR_V", "PLANE_MSB", "PLANE_LSB", "Geomet
            "attention_command_layout", "mem_request_layout", "mem_response_layout",
            "mask_request_layout", "mask_layout", "probs_layout", "out_layout", "block_layout",
            "ReadPort", "plane_lane_bits", "saturate", "operand", "raw_chunks", "chunk_bits",
-           "chunk_operands"]
+           "chunk_operands", "KeyWalk"]
 
 #: ``tensor`` field of a memory request.
 TENSOR_Q, TENSOR_K, TENSOR_V = 0, 1, 2
@@ -190,3 +190,26 @@ def chunk_operands(m, geo, raw, full, threshold, name):
         m.d.comb += chunk[c].eq(operand(lane[geo.L:].as_signed(), lane[:geo.L], full, threshold, geo.L,
                                         geo.cfg.act_bits))
     return chunk
+
+
+class KeyWalk:
+    """Keys ``0 .. n_keys - 1`` of a block, one per cycle while ``advance``, into a register stage
+    ``s1`` a cycle behind ``key`` (so ``key`` addresses a synchronous read whose data is ``s1``'s).
+
+    Built into the module ``m`` of its unit: ``KeyWalk(m, geo, go, n_keys, advance)``; ``walking``
+    is high from ``go`` until the last key enters ``s1``.
+    """
+
+    def __init__(self, m, geo, go, n_keys, advance):
+        self.key = Signal(geo.count)
+        self.walking = Signal()
+        self.s1_valid, self.s1_key, self.s1_last = Signal(), Signal(geo.index), Signal()
+        with m.If(go):
+            m.d.sync += [self.key.eq(0), self.walking.eq(1)]
+        with m.Elif(self.walking & advance):
+            m.d.sync += self.key.eq(self.key + 1)
+            with m.If(self.key + 1 == n_keys):
+                m.d.sync += self.walking.eq(0)
+        with m.If(advance):
+            m.d.sync += [self.s1_valid.eq(self.walking), self.s1_key.eq(self.key),
+                         self.s1_last.eq(self.key + 1 == n_keys)]

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import Geometry, ReadPort, block_layout
+from .common import Geometry, KeyWalk, ReadPort, block_layout
 from .fetch import item_layout
 from .softmax_unit import prob_word_layout
 
@@ -61,20 +61,13 @@ class KeptMerge(wiring.Component):
         m = Module()
         R = geo.R
         block = Signal(block_layout(geo.cfg))
-        key = Signal(geo.count)
-        walking = Signal()
-        s1_valid, s1_key, s1_last = Signal(), Signal(geo.index), Signal()
         advance = Signal()
-        m.d.comb += [self.prob_read.addr.eq(key), self.prob_read.en.eq(advance)]
+        walk_keys = KeyWalk(m, geo, self.go, block.n_keys, advance)
+        walking, s1_valid, s1_key, s1_last = (walk_keys.walking, walk_keys.s1_valid, walk_keys.s1_key,
+                                              walk_keys.s1_last)
+        m.d.comb += [self.prob_read.addr.eq(walk_keys.key), self.prob_read.en.eq(advance)]
         with m.If(self.go):
-            m.d.sync += [block.eq(self.block), key.eq(0), walking.eq(1), self.entries.eq(0),
-                         self.finished.eq(0)]
-        with m.Elif(walking & advance):
-            m.d.sync += key.eq(key + 1)
-            with m.If(key + 1 == block.n_keys):
-                m.d.sync += walking.eq(0)
-        with m.If(advance):
-            m.d.sync += [s1_valid.eq(walking), s1_key.eq(key), s1_last.eq(key + 1 == block.n_keys)]
+            m.d.sync += [block.eq(self.block), self.entries.eq(0), self.finished.eq(0)]
 
         # S1: the prob-bank word; which rows keep the key.  S2: the entry and its V item, registered
         word = self.prob_read.data

@@ -4,7 +4,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .common import Geometry, ReadPort, block_layout
+from .common import Geometry, KeyWalk, ReadPort, block_layout
 from .fetch import item_layout
 from .masks import mask_word_layout
 
@@ -81,22 +81,16 @@ class KeyScan(wiring.Component):
         C = geo.C
         block = Signal(block_layout(geo.cfg))
         bank_set, masked, causal = Signal(), Signal(), Signal()
-        key = Signal(geo.count)
-        scanning = Signal()
-        s1_valid, s1_key, s1_last = Signal(), Signal(geo.index), Signal()
         advance = Signal()
-        m.d.comb += advance.eq(~s1_valid | self.items.ready)
-        m.d.comb += [self.union_read.addr.eq(bank_set * geo.NCH + key // C),
+        walk_keys = KeyWalk(m, geo, self.go, block.n_keys, advance)
+        scanning, s1_valid, s1_key, s1_last = (walk_keys.walking, walk_keys.s1_valid, walk_keys.s1_key,
+                                               walk_keys.s1_last)
+        m.d.comb += [advance.eq(~s1_valid | self.items.ready),
+                     self.union_read.addr.eq(bank_set * geo.NCH + walk_keys.key // C),
                      self.union_read.en.eq(advance)]
         with m.If(self.go):
             m.d.sync += [block.eq(self.block), bank_set.eq(self.set), masked.eq(self.masked),
-                         causal.eq(self.causal), key.eq(0), scanning.eq(1)]
-        with m.Elif(scanning & advance):
-            m.d.sync += key.eq(key + 1)
-            with m.If(key + 1 == block.n_keys):
-                m.d.sync += scanning.eq(0)
-        with m.If(advance):
-            m.d.sync += [s1_valid.eq(scanning), s1_key.eq(key), s1_last.eq(key + 1 == block.n_keys)]
+                         causal.eq(self.causal)]
         lane = s1_key % C
         present = 0
         for r in range(geo.R):

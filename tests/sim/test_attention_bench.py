@@ -28,8 +28,10 @@ TESTCASES = {
 }
 ENV = {"verilator": {"SPATTN_ATTN_WORK": "4096"},
        "icarus": {"SPATTN_ATTN_WORK": "1024", "SPATTN_ATTN_LARGEST_WORK": "4096"}}
-#: minilm on Icarus: the real heads only, up to 48 tokens (Icarus simulates this core ~20x slower).
-MINILM_ICARUS = {"testcase": ["minilm_heads"], "env": {"SPATTN_ATTN_MAX_N": "48"}}
+#: minilm on Icarus, which simulates this core about a hundred times slower than Verilator: random
+#: heads of 1, 2 and 9 tokens, enough to run the shipped widths through the second simulator.
+MINILM_ICARUS = {"testcase": ["random_heads"], "env": {"SPATTN_ATTN_MAX_N": "9",
+                                                      "SPATTN_ATTN_RANDOM_HEADS": "0"}}
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
