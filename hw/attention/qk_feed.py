@@ -45,8 +45,9 @@ class QKFeed(wiring.Component):
     walked : Out(1)
         One cycle, with the block's last step.
 
-    Latency: loading takes ``W + 1`` cycles a row once the items are released; streaming ``W``
-    cycles per key, keys back to back while released keys keep up.
+    Latency: loading takes ``W + 1`` cycles a row once the items are released (and one more at
+    the end of the block); streaming ``W`` cycles per key, keys back to back while released keys
+    keep up.
     """
 
     def __init__(self, geo: Geometry):
@@ -86,10 +87,15 @@ class QKFeed(wiring.Component):
             m.d.sync += [taken.eq(taken + 1), slot.eq(self.q_items.payload.slot), chunk.eq(0)]
         with m.Elif(writing):
             m.d.sync += chunk.eq(chunk + 1)
+        # the chunk's raw planes go through a register before they become operands: the buffer's
+        # read data arrives late in its cycle
         q_raw = raw_chunks(geo, self.q_read.data)
-        q_chunk = chunk_operands(m, geo, q_raw.word_select(chunk[:max(1, (W - 1).bit_length())], bits),
-                                 block.full, self.dynatran, "q_chunk")
-        with m.If(loading & (taken == R) & ~writing):
+        raw_chunk, write_chunk, write_slot, write_valid = (Signal(bits), Signal.like(chunk),
+                                                           Signal.like(slot), Signal())
+        m.d.sync += [raw_chunk.eq(q_raw.word_select(chunk[:max(1, (W - 1).bit_length())], bits)),
+                     write_chunk.eq(chunk), write_slot.eq(slot), write_valid.eq(writing)]
+        q_chunk = chunk_operands(m, geo, raw_chunk, block.full, self.dynatran, "q_chunk")
+        with m.If(loading & (taken == R) & ~writing & ~write_valid):
             m.d.sync += [loading.eq(0), loaded.eq(1)]
 
         # ---- walking: stage A picks the key and chunk, stage B forms the operands ----------------
@@ -126,7 +132,8 @@ class QKFeed(wiring.Component):
             rows = memory.Memory(shape=chunk_shape, depth=W, init=[])
             m.submodules[f"q_row{r}"] = rows
             write, read = rows.write_port(), rows.read_port()
-            m.d.comb += [write.addr.eq(chunk), write.data.eq(q_chunk), write.en.eq(writing & (slot == r)),
+            m.d.comb += [write.addr.eq(write_chunk), write.data.eq(q_chunk),
+                         write.en.eq(write_valid & (write_slot == r)),
                          read.addr.eq(t)]
             m.d.sync += b_q[r].eq(read.data)
         k_raw = raw_chunks(geo, self.k_read.data)
