@@ -221,8 +221,8 @@ class FetchUnit(wiring.Component):
                 out.payload.eq(head.item),
                 fifo.r_en.eq(out.valid & out.ready),
             ]
-            took = port_take = Signal(name=f"take_{'qkv'[tensor]}")
-            m.d.comb += port_take.eq(accept & (chosen_tensor == tensor))
+            took = Signal(name=f"take_{'qkv'[tensor]}")
+            m.d.comb += took.eq(accept & (chosen_tensor == tensor))
             released = out.valid & out.ready
             m.d.sync += reserved[tensor].eq(reserved[tensor] + took - released)
         return m

@@ -1,6 +1,6 @@
 """Mask unit: each block's static-mask rows, fetched on request and kept in small banks."""
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 

@@ -1,6 +1,6 @@
 """Value selector: each row's k-th largest probability by a radix search, for local value pruning."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
