@@ -1,11 +1,11 @@
 """SpAtten-style top-k engine: quick-select by value bisection over P comparator lanes."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spattn.config import AccelConfig
-from spattn.formats import bits_for
+from spattn.formats import IntFormat, bits_for
 
 from .lanes import compact, exclusive_prefix_counts, masked_reduce, popcount, wire
 
@@ -17,8 +17,9 @@ def topk_command_layout(cfg: AccelConfig):
     return data.StructLayout({"n": unsigned(cfg.count_bits), "k": unsigned(cfg.count_bits)})
 
 
-def topk_scores_layout(cfg: AccelConfig):
-    return data.ArrayLayout(cfg.score_format.shape, cfg.topk_stream_lanes)
+def topk_scores_layout(cfg: AccelConfig, score_bits=None):
+    """``topk_stream_lanes`` signed scores, ``score_bits`` wide (the config's by default)."""
+    return data.ArrayLayout(signed(score_bits or cfg.score_bits), cfg.topk_stream_lanes)
 
 
 def topk_indices_layout(cfg: AccelConfig):
@@ -39,10 +40,10 @@ class _LaneBuffer:
     is enough to append a packed group of survivors at any fill level.
     """
 
-    def __init__(self, m, name, cfg):
+    def __init__(self, m, name, cfg, score_shape):
         self.read, self.write = [], []
         for lane in range(cfg.topk_comparators):
-            bank = memory.Memory(shape=cfg.score_format.shape, depth=cfg.topk_rows, init=[])
+            bank = memory.Memory(shape=score_shape, depth=cfg.topk_rows, init=[])
             m.submodules[f"{name}_bank{lane}"] = bank
             self.read.append(bank.read_port())
             self.write.append(bank.write_port())
@@ -60,6 +61,8 @@ class TopKEngine(wiring.Component):
         One beat starts a run. ``k`` larger than ``n`` is taken as ``n``; ``n = 0`` takes no scores.
         ``n`` must not exceed ``max_tokens`` (the golden model and host driver refuse it).
     scores : In(stream of ``topk_stream_lanes`` signed ``score_bits`` scores)
+        ``score_bits`` is the config's unless the engine is built with another (the pruning
+        controller ranks wider importance scores).
         ``ceil(n / topk_stream_lanes)`` beats per run; score ``i`` is lane ``i % lanes`` of beat
         ``i // lanes``; lanes past ``n`` in the last beat are ignored.
     indices : Out(stream of :func:`topk_indices_layout`)
@@ -93,27 +96,28 @@ class TopKEngine(wiring.Component):
     about ``3.3 R`` (``spattn bench topk`` measures it).
     """
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, score_bits=None):
         self.cfg = cfg
+        self.score_bits = score_bits or cfg.score_bits
         super().__init__({
             "cmd": In(stream.Signature(topk_command_layout(cfg))),
-            "scores": In(stream.Signature(topk_scores_layout(cfg))),
+            "scores": In(stream.Signature(topk_scores_layout(cfg, self.score_bits))),
             "indices": Out(stream.Signature(topk_indices_layout(cfg))),
             "busy": Out(1),
         })
 
     @staticmethod
-    def worst_case_cycles(cfg: AccelConfig, n):
+    def worst_case_cycles(cfg: AccelConfig, n, score_bits=None):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
-        return 1 + rows + 3 + cfg.score_bits * (rows + 4) + rows + 3
+        return 1 + rows + 3 + (score_bits or cfg.score_bits) * (rows + 4) + rows + 3
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         p = cfg.topk_comparators
         chunks = cfg.topk_stream_lanes // p
-        fmt = cfg.score_format
+        fmt = IntFormat(self.score_bits, signed=True)
         score_shape = fmt.shape
         row_shape = unsigned(bits_for(cfg.topk_rows))
         lane_shape = unsigned(bits_for(p))
@@ -123,7 +127,8 @@ class TopKEngine(wiring.Component):
             return (row != rows - 1) | (lane < last_lanes)
 
         # Buffer 3 keeps the input in order; buffers 0..2 rotate as round source and destinations.
-        bufs = [_LaneBuffer(m, f"cand{j}", cfg) for j in range(3)] + [_LaneBuffer(m, "input", cfg)]
+        bufs = [_LaneBuffer(m, f"cand{j}", cfg, score_shape) for j in range(3)] + [
+            _LaneBuffer(m, "input", cfg, score_shape)]
         INPUT = 3
 
         # Run parameters.
@@ -285,7 +290,7 @@ class TopKEngine(wiring.Component):
                 m.d.sync += [
                     src_rows.eq(side.row + (side.lane != 0)), src_last.eq(Mux(side.lane == 0, p, side.lane)),
                     rank.eq(set_rank), lo.eq(low), hi.eq(high), src.eq(source),
-                    pivot.eq(((low + high) >> 1)[:cfg.score_bits]),
+                    pivot.eq(((low + high) >> 1)[:self.score_bits]),
                 ]
                 start_round(source)
                 m.next = "ROUND"

@@ -139,6 +139,25 @@ class AccelConfig:
         """Score buffers of the top-k engine: the input copy plus three rotating candidate buffers."""
         return 4
 
+    @property
+    def token_importance_bits(self) -> int:
+        """Width of a token-importance accumulator: the probabilities a token receives, summed over
+        at most ``max_tokens`` queries, ``heads`` heads and ``layers`` layers, never wrap."""
+        prob_max = (1 << (self.score_bits - 1)) - 1
+        return bits_for(self.layers * self.heads * self.max_tokens * prob_max)
+
+    @property
+    def head_importance_bits(self) -> int:
+        """Width of a head-importance accumulator: the L1 magnitudes of a head's output rows (each
+        at most ``head_dim * 2**(act_bits-1)``), summed over ``max_tokens`` rows and ``layers``."""
+        return bits_for(self.layers * self.max_tokens * (self.head_dim << (self.act_bits - 1)))
+
+    @property
+    def importance_bits(self) -> int:
+        """Signed score width of the pruning controller's top-k engine: either importance, with a
+        sign bit (importances are never negative, so nothing is scaled or lost)."""
+        return max(self.token_importance_bits, self.head_importance_bits) + 1
+
     def estimated_dsps(self) -> int:
         """Multipliers the PE array needs: one per MAC, more when operands exceed the DSP width."""
         per_mac = math.ceil(self.act_bits / self.board_spec.dsp_width) ** 2
@@ -248,11 +267,26 @@ def _algorithm(cfg):
                           f"not {t!r}")
 
 
+#: Widest importance score the pruning controller ranks (its top-k comparators and accumulator
+#: adders grow with it; beyond this they no longer close timing as one pipeline stage).
+MAX_IMPORTANCE_BITS = 40
+
+
+def _importance(cfg):
+    if cfg.importance_bits > MAX_IMPORTANCE_BITS:
+        raise ConfigError(f"importance_bits (from max_tokens = {cfg.max_tokens}, heads = {cfg.heads}, "
+                          f"layers = {cfg.layers}, score_bits, head_dim and act_bits) must be at most "
+                          f"{MAX_IMPORTANCE_BITS}, not {cfg.importance_bits}")
+    if cfg.heads > cfg.max_tokens:
+        raise ConfigError(f"heads must be at most max_tokens = {cfg.max_tokens} (the controller ranks "
+                          f"heads on its token top-k engine), not {cfg.heads}")
+
+
 _RULES = [
     _positive("max_tokens", "heads", "head_dim", "act_bits", "act_msb_bits", "acc_bits", "score_bits",
               "pe_rows", "pe_cols", "topk_comparators", "topk_stream_lanes"),
     _board, _widths, _topk, _fits_board,
-    _positive("layers"), _algorithm,
+    _positive("layers"), _algorithm, _importance,
 ]
 
 

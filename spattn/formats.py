@@ -219,20 +219,22 @@ def dynatran_threshold_int(threshold: float, fmt: IntFormat) -> int:
 
 # --- Attention core: runtime thresholds, value pruning, memory rows -------------------------------
 
-#: Fraction bits of the runtime ``value_keep`` ratio: an unsigned ``VALUE_KEEP_FRAC + 1``-bit
-#: integer ``w`` stands for ``w / 2**VALUE_KEEP_FRAC`` (so 1.0 is representable).
+#: Fraction bits of every runtime keep ratio (value keep in the attention core, token and head keep
+#: in the pruning controller): an unsigned ``VALUE_KEEP_FRAC + 1``-bit integer ``w`` stands for
+#: ``w / 2**VALUE_KEEP_FRAC`` (so 1.0 is representable).
 VALUE_KEEP_FRAC = 16
 
 
 def value_keep_int(ratio: float) -> int:
-    """The runtime integer of a value-keep ratio in (0, 1]: rounded down to ``VALUE_KEEP_FRAC`` bits,
+    """The runtime integer of a keep ratio in (0, 1] (value, token or head keep): rounded down to ``VALUE_KEEP_FRAC`` bits,
     so that ``kept_count`` never keeps more than ``ceil(ratio * present)`` (half-up rounding made
     0.3 keep 4 of 10)."""
     return math.floor(ratio * (1 << VALUE_KEEP_FRAC))
 
 
 def kept_count(value_keep: int, present: int) -> int:
-    """V rows one query keeps from its ``present`` keys: ``min(present, max(1, ceil(w * present /
+    """How many of ``present`` candidates an integer keep ratio keeps (V rows of a query's present
+    keys; alive tokens or heads in cascade pruning): ``min(present, max(1, ceil(w * present /
     2**VALUE_KEEP_FRAC)))`` for the integer ratio ``w`` (an integer multiply, an add and a shift)."""
     wanted = (value_keep * present + (1 << VALUE_KEEP_FRAC) - 1) >> VALUE_KEEP_FRAC
     return min(present, max(1, wanted))

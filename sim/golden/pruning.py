@@ -2,15 +2,22 @@
 
 Ties follow :data:`spattn.formats.TOPK_TIE_BREAK` (among equal scores the lower index wins), as
 the top-k engine does, so the golden model and the gateware keep the same tokens and heads.
+
+Cascade pruning (:func:`survivors`) has two arithmetics. The integer one is the specification of
+the pruning controller (:class:`spattn.hw.pruning.PruningController`): importances are integer sums
+(probabilities in prob LSBs, output magnitudes in act LSBs), the keep ratio is the fixed-point
+integer :func:`spattn.formats.value_keep_int` and the count :func:`spattn.formats.kept_count`
+(``ceil(w * alive / 2**16)``); [CLS] is kept by ranking it above every importance. The float one
+(``keep_count``) is the algorithm as published, for comparison.
 """
 
 import math
 
 import torch
 
-from spattn.formats import TOPK_TIE_BREAK, kept_count
+from spattn.formats import TOPK_TIE_BREAK, kept_count, value_keep_int
 
-__all__ = ["schedule_at", "keep_count", "top_indices", "top_per_row", "top_count_per_row",
+__all__ = ["schedule_at", "keep_count", "top_indices", "survivors", "select_survivors", "top_per_row", "top_count_per_row",
            "kept_counts"]
 
 assert TOPK_TIE_BREAK == "lower_index"
@@ -33,6 +40,25 @@ def top_indices(scores, k: int, forced=None):
     if forced is not None:
         order = torch.cat([order.new_tensor([forced]), order[order != forced]])
     return torch.sort(order[:k]).values
+
+
+def survivors(importance, ratio: float, integer: bool, forced=None):
+    """Positions (ascending) of the entries of the 1-D ``importance`` that survive a keep ``ratio``.
+
+    ``integer``: ``importance`` holds the controller's integer accumulators and the count is
+    ``kept_count(value_keep_int(ratio), n)``, as the hardware computes it; else ``keep_count``.
+    ``forced`` (a position, [CLS]) always survives, taking one of the places.
+    """
+    if integer:
+        return select_survivors(importance, value_keep_int(ratio), forced)
+    return top_indices(importance, keep_count(ratio, len(importance)), forced)
+
+
+def select_survivors(importance, keep: int, forced=None):
+    """The controller's selection: the ``kept_count(keep, n)`` entries of highest integer
+    ``importance`` (``keep``: fixed-point ratio with ``VALUE_KEEP_FRAC`` fraction bits, ``1 ..
+    2**VALUE_KEEP_FRAC``), ``forced`` among them, ties to the lower index; ascending positions."""
+    return top_indices(importance, kept_count(keep, len(importance)), forced)
 
 
 def top_per_row(scores, ratio: float, present):

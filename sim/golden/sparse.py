@@ -14,11 +14,13 @@ Steps 2 and 3 and the rows fetched from memory are the attention core's own rule
 (:func:`.attention_core.attend` and :func:`.attention_core.fetched_rows`), run on all alive heads
 at once.
 4. Importance: each token gets the probability it receives, summed over alive heads and queries;
-   each head the L1 magnitude of its output; both accumulate across layers.
+   each head the L1 magnitude of its output; both accumulate across layers (integers in the
+   integer arithmetic: the pruning controller's accumulators).
 5. The rest of the layer (output projection, FFN) in float; pruned heads contribute zeros.
 6. Cascade pruning: the top ``ceil(token_keep * alive)`` tokens and ``ceil(head_keep * alive)``
    heads by accumulated importance stay alive; the others never return. [CLS] (position 0) is
-   always kept, since it carries the sequence summary; [SEP] gets no special treatment.
+   always kept, since it carries the sequence summary; [SEP] gets no special treatment. The
+   integer arithmetic counts with the controller's fixed-point ratios (:func:`.pruning.survivors`).
 
 The sentence embedding mean-pools the tokens alive in the last layer (the survivors: the output
 the accelerator produces). Pooling the pruned tokens' frozen hidden states as well was measured to
@@ -38,7 +40,7 @@ from .arith import arith_for
 from .attention_core import attend, fetched_rows
 from .bert import embed_tokens, finish_layer, mean_pool, project_qkv
 from .minilm import MiniLM
-from .pruning import keep_count, schedule_at, top_indices
+from .pruning import schedule_at, survivors
 from .traffic import Traffic, dense_traffic
 
 __all__ = ["LayerStats", "SentenceResult", "run_sentence", "check_model_fits"]
@@ -108,8 +110,10 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
     ar = arith_for(arith, cfg)
     state = embed_tokens(model, ids)
     alive, heads = torch.arange(len(ids)), torch.arange(cfg.heads)
-    token_importance = torch.zeros(len(ids), dtype=torch.float64)
-    head_importance = torch.zeros(cfg.heads, dtype=torch.float64)
+    integer = arith == "int"
+    importance_dtype = torch.int64 if integer else torch.float64
+    token_importance = torch.zeros(len(ids), dtype=importance_dtype)
+    head_importance = torch.zeros(cfg.heads, dtype=importance_dtype)
     stats = []
     for layer in range(cfg.layers):
         pooled = alive
@@ -125,8 +129,8 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
         threshold = None if cfg.recompute_threshold is None else ar.prob_threshold(cfg.recompute_threshold)
         probs, out, redo, kept = attend(ar, q, k, v, mask, threshold, value_keep_int(cfg.value_keep))
 
-        token_importance[alive] += probs.sum(dim=(0, 1)).to(torch.float64)
-        head_importance[heads] += out.abs().sum(dim=(1, 2)).to(torch.float64)
+        token_importance[alive] += probs.sum(dim=(0, 1)).to(importance_dtype)
+        head_importance[heads] += out.abs().sum(dim=(1, 2)).to(importance_dtype)
         context = torch.zeros(cfg.heads, len(alive), cfg.head_dim)
         context[heads] = ar.out_real(out)
         state[alive] = finish_layer(model, layer, x, context)
@@ -141,8 +145,7 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
             traffic=_layer_traffic(cfg, fetched_rows(present, kept, redo)),
             dense=dense_traffic(len(ids), cfg.heads, cfg.head_dim, cfg.act_bits)))
 
-        alive = alive[top_indices(token_importance[alive], keep_count(
-            schedule_at(cfg.token_keep, layer), len(alive)), forced=0)]
-        heads = heads[top_indices(head_importance[heads], keep_count(
-            schedule_at(cfg.head_keep, layer), len(heads)))]
+        alive = alive[survivors(token_importance[alive], schedule_at(cfg.token_keep, layer), integer,
+                                forced=0)]
+        heads = heads[survivors(head_importance[heads], schedule_at(cfg.head_keep, layer), integer)]
     return SentenceResult(embedding=mean_pool(state[pooled]), layers=tuple(stats))
