@@ -11,9 +11,12 @@ from amaranth.hdl import Shape
 from amaranth.lib import wiring
 
 from spattn.config import AccelConfig
+from spattn.hw.accelerator import Accelerator
 from spattn.hw.attention import AttentionCore
 from spattn.hw.pe_array import PE_ARRAY_VARIANTS, PEArray
 from spattn.hw.topk import TopKEngine
+
+from .regmap import write_register_files
 
 __all__ = ["BLOCKS", "top_name", "port_list", "generate"]
 
@@ -21,6 +24,7 @@ __all__ = ["BLOCKS", "top_name", "port_list", "generate"]
 BLOCKS = {
     "topk": TopKEngine,
     "attention": AttentionCore,
+    "accelerator": Accelerator,
     # The PE array in each of its generation-time variants (dataflow, tile, overflow rule).
     **{name: functools.partial(PEArray, **params) for name, params in PE_ARRAY_VARIANTS.items()},
 }
@@ -70,6 +74,10 @@ def generate(cfg: AccelConfig, out_dir, block="topk"):
         "metadata": component.metadata.as_json(),
         "generation_seconds": round(elapsed, 3),
     }
+    if block == "accelerator":
+        # the register map as a C header and a Markdown table, from the same config object
+        header, table = write_register_files(cfg, out_dir, top)
+        manifest["register_files"] = [header.name, table.name]
     manifest_path = out_dir / f"{top}.json"
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return verilog_path, manifest_path

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from spattn.formats import plane_row_bytes
 from spattn.hw.axi import AXI_ADDR_BITS, AXI_DATA_BITS
 
-__all__ = ["BUS_BYTES", "REGION_ALIGN", "OUT_VALUE_BYTES", "LIST_ENTRY_BYTES", "Row", "MemoryMap"]
+__all__ = ["BUS_BYTES", "REGION_ALIGN", "OUT_VALUE_BYTES", "LIST_ENTRY_BYTES", "Row", "MemoryMap",
+           "pack_values", "unpack_values"]
 
 BUS_BYTES = AXI_DATA_BITS // 8
 REGION_ALIGN = 4096
@@ -38,6 +39,24 @@ REGION_ALIGN = 4096
 OUT_VALUE_BYTES = 2
 #: An alive-list entry (a token position or a head number) is stored in this many bytes.
 LIST_ENTRY_BYTES = 2
+
+
+def pack_values(values, bits, nbytes):
+    """``values`` (integers; negative ones two's complement) packed ``bits`` each from bit 0 of a
+    little-endian row of ``nbytes`` bytes."""
+    row = 0
+    for i, value in enumerate(values):
+        row |= (int(value) & ((1 << bits) - 1)) << (i * bits)
+    return row.to_bytes(nbytes, "little")
+
+
+def unpack_values(raw, bits, count, signed):
+    """The first ``count`` ``bits``-wide values of the little-endian row ``raw``."""
+    row = int.from_bytes(bytes(raw), "little")
+    values = [(row >> (i * bits)) & ((1 << bits) - 1) for i in range(count)]
+    if signed:
+        values = [v - (1 << bits) if v >> (bits - 1) else v for v in values]
+    return values
 
 
 def _words(nbytes):
@@ -123,11 +142,15 @@ class MemoryMap:
         base, _ = self.regions[name]
         return base + index * LIST_ENTRY_BYTES
 
+    def strides(self):
+        """Row (or list entry) stride in bytes of every region, by region name."""
+        return {**{f"{t}_{p}": self.plane_row[p].stride for t in self.TENSORS for p in self.PLANES},
+                "masks": self.mask_row.stride, "out": self.out_row.stride,
+                "alive_tokens": LIST_ENTRY_BYTES, "alive_heads": LIST_ENTRY_BYTES}
+
     def table(self):
         """Markdown table of the regions (name, offset, size, row stride)."""
-        strides = {**{f"{t}_{p}": self.plane_row[p].stride for t in self.TENSORS for p in self.PLANES},
-                   "masks": self.mask_row.stride, "out": self.out_row.stride,
-                   "alive_tokens": LIST_ENTRY_BYTES, "alive_heads": LIST_ENTRY_BYTES}
+        strides = self.strides()
         lines = ["| region | offset | bytes | row stride |", "|---|---:|---:|---:|"]
         lines += [f"| `{name}` | 0x{offset:08x} | {size} | {strides[name]} |"
                   for name, (offset, size) in self.regions.items()]

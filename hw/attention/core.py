@@ -72,7 +72,8 @@ class AttentionCore(wiring.Component):
         ``probs`` and ``out`` are independent streams (a row's ``out`` may come before the last
         ``probs`` beats of its block when ``probs`` is back-pressured).
     busy : Out(1)
-        High from the accepted command until the last ``out`` beat is taken.
+        High from the accepted command until the last ``out`` beat and the last ``probs`` beat are
+        taken (every block's softmax ends before its outputs, so no ``probs`` beat follows).
     busy_cycles, bytes_fetched, rows_recomputed, pe_busy_cycles, pe_macs : Out(32) each
         Counters of the current (or last) head, cleared by a command: cycles while busy, bytes of
         memory responses (:func:`spattn.formats.plane_row_bytes` a plane row), rows computed a
@@ -129,7 +130,7 @@ class AttentionCore(wiring.Component):
         connect(m, wiring.flipped(self.mem_resp), fetch.mem_resp)
         connect(m, sm.probs, wiring.flipped(self.probs))
         connect(m, out.out, wiring.flipped(self.out))
-        m.d.comb += [self.busy.eq(sched.busy), self.busy_cycles.eq(sched.busy_cycles),
+        m.d.comb += [self.busy.eq(sched.busy | sm.probs.valid), self.busy_cycles.eq(sched.busy_cycles),
                      self.bytes_fetched.eq(fetch.bytes_fetched),
                      self.rows_recomputed.eq(sched.rows_recomputed),
                      self.pe_busy_cycles.eq(grid.busy_cycles), self.pe_macs.eq(grid.macs)]
