@@ -246,7 +246,7 @@ class Accelerator(wiring.Component):
             with m.State("POSITION"):
                 m.d.comb += [mask_req_valid.eq(1),
                              mask_req_addr.eq(mask_base + (ctl.alive_read.data << mask_stride_shift))]
-                m.d.comb += ctl.alive_read.en.eq(~mask_req_taken)
+                m.d.comb += ctl.alive_read.en.eq(0)     # hold the position until the request goes
                 with m.If(mask_req_taken):
                     m.d.sync += [gathered.eq(0), gather_key.eq(0)]
                     m.next = "FETCH"

@@ -1,0 +1,260 @@
+"""cocotb bench of the accelerator top: whole sentences through every layer, against the golden model.
+
+The host is the real driver (:class:`spattn.fpga.driver.Driver`), the same code a board runs; its
+transport here reaches the generated Verilog through models someone else wrote: cocotbext-axi's
+``AxiLiteMaster`` on the register port and ``AxiRam`` on the memory port, with random pauses on
+every channel of both (valid gaps on the manager's side, ready gaps on the subordinate's). The
+driver writes each layer's planes into the RAM as a host writes shared memory, and reads outputs
+and alive lists back from it.
+
+Every sentence runs twice: on the RTL and on :class:`spattn.sim.golden.accelerator.GoldenAccelerator`
+(the golden model behind the same driver). The embeddings must be equal (``torch.equal``), and per
+layer the alive tokens and heads and every counter register but CYCLES.
+
+Presets shaped like all-MiniLM-L6-v2 run real sentences through the real model; others run random
+token ids through a random encoder of the preset's shape (:func:`~spattn.sim.golden.minilm.random_encoder`).
+
+Environment: ``SPATTN_MANIFEST`` (set by :func:`spattn.sim.runner.run_bench`); ``SPATTN_ACCEL_TOKENS``
+(comma-separated sentence lengths, default ``5,12``); ``SPATTN_ACCEL_SETTINGS`` (comma-separated
+names of :data:`SETTINGS`, default all); ``SPATTN_ACCEL_STALL`` (pause probability of every AXI
+channel, default 0.3); ``SPATTN_BENCH_OUT`` (a file that gets one JSON line per layer, for
+``spattn bench accelerator``).
+"""
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import random
+
+import cocotb
+import torch
+from cocotb.clock import Clock
+from cocotb.triggers import ClockCycles, First, RisingEdge
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
+
+from spattn.fpga.driver import COUNTERS, AcceleratorError, Driver
+from spattn.hw.registers import accelerator_registers
+from spattn.memmap import MemoryMap
+from spattn.sim.golden.accelerator import GoldenAccelerator
+from spattn.sim.golden.corpus import eval_sentences
+from spattn.sim.golden.masks import calibrate_masks
+from spattn.sim.golden.minilm import load_minilm, random_encoder
+from spattn.sim.runner import load_manifest
+
+SEED = int(os.environ.get("SPATTN_SEED", "20261130"))
+CLOCK_NS = 10
+
+#: The settings of ``spattn eval``'s families, as config changes (the best combined one last).
+SETTINGS = {
+    "dense": {},
+    "token keep": {"token_keep": (0.8,)},
+    "head keep": {"head_keep": (0.5,)},
+    "value keep": {"value_keep": 0.5},
+    "progressive": {"recompute_threshold": 0.2},
+    "dynatran": {"dynatran_threshold": 0.1},
+    "static mask": {"static_mask_density": 0.5},
+    "combined": {"recompute_threshold": 0.0, "value_keep": 0.7, "token_keep": (1.0, 1.0, 0.8, 0.8, 0.6, 0.6),
+                 "head_keep": (0.9,)},
+}
+
+
+def _pauses(rng, probability):
+    """An endless pause pattern for a cocotbext-axi channel: paused with ``probability`` per cycle."""
+    while True:
+        yield rng.random() < probability
+
+
+class SimTransport:
+    """The driver's transport onto the simulated accelerator: registers through ``AxiLiteMaster``,
+    memory as the host's view of the ``AxiRam`` behind the memory port."""
+
+    def __init__(self, dut, cfg, rng, stall):
+        self.dut = dut
+        self.status = accelerator_registers(cfg)["STATUS"].offset
+        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=MemoryMap(cfg).size)
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
+        for prefix in ("m_axi_", "s_axil_"):     # one line per transfer otherwise
+            logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
+        for channel in (self.ram.write_if.aw_channel, self.ram.write_if.w_channel, self.ram.write_if.b_channel,
+                        self.ram.read_if.ar_channel, self.ram.read_if.r_channel,
+                        self.axil.write_if.aw_channel, self.axil.write_if.w_channel,
+                        self.axil.write_if.b_channel, self.axil.read_if.ar_channel, self.axil.read_if.r_channel):
+            channel.set_pause_generator(_pauses(rng, stall))
+
+    async def read_reg(self, offset):
+        if offset == self.status and self.dut.irq.value == 0:
+            # interrupt-assisted polling: wait for irq (or a while) before asking again
+            await First(RisingEdge(self.dut.irq), ClockCycles(self.dut.clk, 2000))
+        resp = await self.axil.read(offset, 4)
+        assert resp.resp == AxiResp.OKAY, f"register read at 0x{offset:02x}: {resp.resp!r}"
+        return int.from_bytes(resp.data, "little")
+
+    async def write_reg(self, offset, value):
+        resp = await self.axil.write(offset, int(value).to_bytes(4, "little"))
+        assert resp.resp == AxiResp.OKAY, f"register write 0x{value:x} at 0x{offset:02x}: {resp.resp!r}"
+
+    async def read_mem(self, address, length):
+        return self.ram.read(address, length)
+
+    async def write_mem(self, address, data):
+        self.ram.write(address, data)
+
+
+class Bench:
+    def __init__(self, dut):
+        self.dut = dut
+        _, self.cfg = load_manifest()
+        self.rng = random.Random(SEED)
+        self.stall = float(os.environ.get("SPATTN_ACCEL_STALL", "0.3"))
+        self.transport = SimTransport(dut, self.cfg, self.rng, self.stall)
+        self.minilm_shaped = (self.cfg.heads, self.cfg.head_dim, self.cfg.layers) == (12, 32, 6)
+        self.model = load_minilm() if self.minilm_shaped else random_encoder(self.cfg, seed=SEED)
+        self.lengths = [int(n) for n in os.environ.get("SPATTN_ACCEL_TOKENS", "5,12").split(",")]
+        names = os.environ.get("SPATTN_ACCEL_SETTINGS", "")
+        self.settings = [name for name in names.split(",") if name] or list(SETTINGS)
+        self.out = os.environ.get("SPATTN_BENCH_OUT")
+        Clock(dut.clk, CLOCK_NS, unit="ns").start()
+
+    async def reset(self, cycles=5):
+        self.dut.rst.value = 1
+        await ClockCycles(self.dut.clk, cycles)
+        self.dut.rst.value = 0
+        await ClockCycles(self.dut.clk, 2)
+
+    def sentence(self, n, index):
+        """Token ids of about ``n`` tokens: a real sentence cut to ``n`` (keeping [SEP]), or random ids."""
+        if not self.minilm_shaped:
+            gen = torch.Generator().manual_seed(SEED + 7 * n + index)
+            return torch.randint(0, 64, (n,), generator=gen)
+        texts = eval_sentences()
+        ids = self.model.encode(" ".join(texts[index:index + 20]))
+        return torch.cat([ids[:n - 1], ids[-1:]]) if len(ids) > n else ids
+
+    def masks(self, cfg, ids):
+        if cfg.static_mask_density >= 1:
+            return None
+        if self.minilm_shaped:
+            return calibrate_masks(self.model, cfg, [" ".join(eval_sentences()[:3])])
+        gen = torch.Generator().manual_seed(SEED)
+        shape = (cfg.layers, cfg.heads, cfg.max_tokens, cfg.max_tokens)
+        return (torch.rand(shape, generator=gen) < cfg.static_mask_density) | torch.eye(cfg.max_tokens, dtype=torch.bool)
+
+    async def run(self, setting, ids, label):
+        """One sentence on the RTL and on the golden model; everything compared; returns the RTL run."""
+        cfg = dataclasses.replace(self.cfg, **SETTINGS[setting])
+        masks = self.masks(cfg, ids)
+        got = await Driver(self.transport, cfg).run_sentence(self.model, ids, masks=masks)
+        want = await Driver(GoldenAccelerator(cfg), cfg).run_sentence(self.model, ids, masks=masks)
+        for layer, (g, w) in enumerate(zip(got.layers, want.layers)):
+            where = f"{label}, {setting}, layer {layer}"
+            assert (g.tokens, g.heads) == (w.tokens, w.heads), f"{where}: alive tokens/heads differ"
+            if os.environ.get("SPATTN_ACCEL_DEBUG"):
+                dut_log = self.dut._log
+                dut_log.info("%s: RTL %s golden %s", where, g.counters, w.counters)
+                continue
+            for name in COUNTERS:
+                if name != "CYCLES":
+                    assert g.counters[name] == w.counters[name], (
+                        f"{where}: {name} is {g.counters[name]}, the golden model says {w.counters[name]}")
+            assert g.counters["CYCLES"] > 0, f"{where}: no cycles counted"
+            if self.out:
+                with open(self.out, "a") as out:
+                    out.write(json.dumps({"sentence": label, "tokens": len(ids), "setting": setting,
+                                          "layer": layer, "alive_tokens": len(g.tokens),
+                                          "alive_heads": len(g.heads), **g.counters}) + "\n")
+        assert torch.equal(got.embedding, want.embedding), f"{label}, {setting}: the embeddings differ"
+        return got
+
+
+@cocotb.test()
+async def sentences(dut):
+    """Whole sentences through every layer under each setting family; embeddings bit-exact."""
+    bench = Bench(dut)
+    await bench.reset()
+    for (index, n), setting in itertools.product(enumerate(bench.lengths), bench.settings):
+        ids = bench.sentence(n, index)
+        await bench.run(setting, ids, f"sentence of {len(ids)} tokens")
+        dut._log.info("%d tokens, %s: bit-exact", len(ids), setting)
+
+
+@cocotb.test()
+async def bad_settings(dut):
+    """Each refused setting sets its STATUS bit and runs nothing; the next correct layer runs. A
+    START while a layer runs sets ERR_BUSY and the layer still finishes. Bad register accesses get
+    SLVERR. A whole sentence after all this is still bit-exact."""
+    bench = Bench(dut)
+    await bench.reset()
+    cfg = bench.cfg
+    driver = Driver(bench.transport, cfg)
+    full = 1 << 16
+    cases = [("TOKENS", 0, "ERR_TOKENS"), ("TOKENS", cfg.max_tokens + 1, "ERR_TOKENS"),
+             ("TOKEN_KEEP", 0, "ERR_KEEP"), ("HEAD_KEEP", full + 1, "ERR_KEEP"),
+             ("VALUE_KEEP", 0, "ERR_SETTING"), ("VALUE_KEEP", full + 1, "ERR_SETTING"),
+             ("THRESHOLD", (1 << (cfg.score_bits - 1)) + 1, "ERR_SETTING"), ("LAYER", cfg.layers, "ERR_SETTING")]
+    start_first = driver.bit("CTRL", "START") | driver.bit("CTRL", "FIRST")
+
+    async def good_settings():
+        for name, good in (("TOKENS", 3), ("LAYER", 0), ("TOKEN_KEEP", full), ("HEAD_KEEP", full),
+                           ("VALUE_KEEP", full), ("THRESHOLD", 0), ("FLAGS", 0)):
+            await driver.write(name, good)
+
+    for register, value, error in cases:
+        if value >= 1 << accelerator_registers(cfg)[register].width:
+            continue             # the register file itself refuses it (bad register writes)
+        await good_settings()
+        await driver.write(register, value)
+        await driver.write("CTRL", start_first)
+        await ClockCycles(dut.clk, 20)
+        status = await driver.read("STATUS")
+        assert status & driver.bit("STATUS", error), f"{register} = {value}: no {error} (STATUS 0x{status:x})"
+        assert not status & (driver.bit("STATUS", "BUSY") | driver.bit("STATUS", "DONE")), (
+            f"{register} = {value}: the layer ran (STATUS 0x{status:x})")
+        try:
+            await driver.wait_done()
+        except AcceleratorError as e:
+            assert error in str(e)
+        else:
+            raise AssertionError(f"{register} = {value}: wait_done did not raise")
+    # a layer without FIRST whose TOKENS differs from the survivors
+    await good_settings()
+    await driver.write("CTRL", driver.bit("CTRL", "START") | driver.bit("CTRL", "FIRST"))
+    await driver.wait_done()
+    await driver.write("TOKENS", 2)
+    await driver.write("CTRL", driver.bit("CTRL", "START"))
+    status = await driver.read("STATUS")
+    assert status & driver.bit("STATUS", "ERR_TOKENS"), f"TOKENS 2 after 3 survivors: STATUS 0x{status:x}"
+    await driver.write("CTRL", driver.bit("CTRL", "CLEAR"))
+    # START while busy
+    await driver.write("TOKENS", min(cfg.max_tokens, 16))
+    await driver.write("CTRL", start_first)
+    await driver.write("CTRL", start_first)
+    status = await driver.read("STATUS")
+    assert status & driver.bit("STATUS", "ERR_BUSY"), f"START while busy: STATUS 0x{status:x}"
+    while not (await driver.read("STATUS")) & driver.bit("STATUS", "DONE"):
+        pass
+    await driver.write("CTRL", driver.bit("CTRL", "CLEAR"))
+    # bad register accesses
+    regmap = accelerator_registers(cfg)
+    for offset, what in ((regmap["ID"].offset, "read-only ID"), (regmap.size, "unmapped"),
+                         (regmap["TOKENS"].offset + 2, "unaligned")):
+        resp = await bench.transport.axil.write(offset, (1).to_bytes(4, "little"))
+        assert resp.resp == AxiResp.SLVERR, f"write to the {what} register: {resp.resp!r}"
+    resp = await bench.transport.axil.read(regmap.size, 4)
+    assert resp.resp == AxiResp.SLVERR, f"read of an unmapped register: {resp.resp!r}"
+    await bench.run("dense", bench.sentence(bench.lengths[0], 0), "after the errors")
+
+
+@cocotb.test()
+async def reset_mid_layer(dut):
+    """A reset in the middle of a layer (memory traffic in flight), then a correct sentence."""
+    bench = Bench(dut)
+    await bench.reset()
+    ids = bench.sentence(max(bench.lengths), 1)
+    run = cocotb.start_soon(Driver(bench.transport, bench.cfg).run_sentence(bench.model, ids))
+    await RisingEdge(dut.m_axi__rvalid)
+    await ClockCycles(dut.clk, bench.rng.randint(50, 400))
+    run.cancel()
+    await bench.reset(cycles=8)
+    await bench.run("combined", ids, "after a reset")
