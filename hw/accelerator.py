@@ -24,11 +24,6 @@ LIST_BURST_WORDS = 16
 #: Read bursts the memory port keeps in flight.
 MAX_READS = 8
 
-# bits of the CTRL and STATUS registers (the register map documents them)
-CTRL_START, CTRL_FIRST, CTRL_CLEAR = 0, 1, 2
-STATUS_BUSY, STATUS_DONE = 0, 1
-ERR_BUSY, ERR_TOKENS, ERR_KEEP, ERR_SETTING, ERR_MEMORY = 8, 9, 10, 11, 12
-FLAG_CAUSAL, FLAG_MASKED, FLAG_PROGRESSIVE = 0, 1, 2
 
 
 class Accelerator(wiring.Component):
@@ -94,13 +89,20 @@ class Accelerator(wiring.Component):
         connect(m, axi.axi, wiring.flipped(self.m_axi))
 
         # ---- registers -------------------------------------------------------------------------
-        start, first, clear = (regs.ctrl[CTRL_START], regs.ctrl[CTRL_FIRST], regs.ctrl[CTRL_CLEAR])
+        def bit(register, field, value):
+            """The bit of a one-bit field of the register map in ``value``."""
+            return value[self.regmap[register].field(field).lsb]
+
+        start, first, clear = (bit("CTRL", name, regs.ctrl) for name in ("START", "FIRST", "CLEAR"))
         running = Signal()
         done = Signal()
-        errors = Signal(5)         # ERR_BUSY .. ERR_MEMORY, sticky
+        status = Signal.like(regs.status)    # DONE and the error bits are sticky
         cycles, rows_recomputed, pe_busy = Signal(32), Signal(32), Signal(32)
         layer_tokens, layer_heads = Signal(count), Signal(unsigned(bits_for(H)))
-        m.d.comb += [regs.status.eq(Cat(running, done, Signal(6), errors)), self.irq.eq(done),
+        errors = {name: bit("STATUS", name, status)
+                  for name in ("ERR_BUSY", "ERR_TOKENS", "ERR_KEEP", "ERR_SETTING", "ERR_MEMORY")}
+        m.d.comb += [bit("STATUS", "BUSY", status).eq(running), bit("STATUS", "DONE", status).eq(done)]
+        m.d.comb += [regs.status.eq(status), self.irq.eq(done),
                      regs.alive_tokens.eq(ctl.tokens_alive), regs.alive_heads.eq(ctl.heads_alive),
                      regs.layer_tokens.eq(layer_tokens), regs.layer_heads.eq(layer_heads),
                      regs.cycles.eq(cycles), regs.bytes_read.eq(axi.bytes_read),
@@ -117,16 +119,18 @@ class Accelerator(wiring.Component):
             bad_setting.eq((regs.value_keep == 0) | (regs.value_keep > full_ratio) |
                            (regs.threshold > (1 << fmt.prob.bits)) | (regs.layer >= cfg.layers)),
         ]
+        sticky = {name: Signal(name=name.lower()) for name in errors}
+        m.d.comb += [errors[name].eq(flag) for name, flag in sticky.items()]
         with m.If(clear):
-            m.d.sync += [errors.eq(0), done.eq(0)]
+            m.d.sync += [done.eq(0)] + [flag.eq(0) for flag in sticky.values()]
         with m.If(axi.error):
-            m.d.sync += errors[ERR_MEMORY - 8].eq(1)
+            m.d.sync += sticky["ERR_MEMORY"].eq(1)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
 
         # the layer's settings, latched at START
         tokens = Signal(count)
-        flags = Signal(3)
+        flags = Signal.like(regs.flags)
         layer = Signal.like(regs.layer)
         mem_base = Signal(32)
         head_slot = Signal(range(H + 1))      # index into the alive-head list
@@ -142,8 +146,9 @@ class Accelerator(wiring.Component):
 
         # ---- core: command, counters ---------------------------------------------------------------
         cmd = core.cmd.payload
-        m.d.comb += [cmd.n.eq(tokens), cmd.causal.eq(flags[FLAG_CAUSAL]), cmd.masked.eq(flags[FLAG_MASKED]),
-                     cmd.progressive.eq(flags[FLAG_PROGRESSIVE])]
+        m.d.comb += [cmd.n.eq(tokens), cmd.causal.eq(bit("FLAGS", "CAUSAL", flags)),
+                     cmd.masked.eq(bit("FLAGS", "MASKED", flags)),
+                     cmd.progressive.eq(bit("FLAGS", "PROGRESSIVE", flags))]
         settings = Signal(data.StructLayout({"threshold": unsigned(fmt.prob.bits + 1),
                                              "value_keep": unsigned(VALUE_KEEP_FRAC + 1),
                                              "dynatran": unsigned(cfg.act_bits)}))
@@ -306,9 +311,9 @@ class Accelerator(wiring.Component):
                 with m.If(start):
                     m.d.sync += done.eq(0)
                     with m.If(bad_tokens | bad_keep | bad_setting):
-                        m.d.sync += [errors[ERR_TOKENS - 8].eq(errors[ERR_TOKENS - 8] | bad_tokens),
-                                     errors[ERR_KEEP - 8].eq(errors[ERR_KEEP - 8] | bad_keep),
-                                     errors[ERR_SETTING - 8].eq(errors[ERR_SETTING - 8] | bad_setting)]
+                        m.d.sync += [sticky["ERR_TOKENS"].eq(sticky["ERR_TOKENS"] | bad_tokens),
+                                     sticky["ERR_KEEP"].eq(sticky["ERR_KEEP"] | bad_keep),
+                                     sticky["ERR_SETTING"].eq(sticky["ERR_SETTING"] | bad_setting)]
                     with m.Else():
                         m.d.comb += axi.clear.eq(1)
                         m.d.sync += [running.eq(1), tokens.eq(regs.tokens), flags.eq(regs.flags),
@@ -404,5 +409,5 @@ class Accelerator(wiring.Component):
                     m.d.sync += [running.eq(0), done.eq(1)]
                     m.next = "IDLE"
         with m.If(start & running):
-            m.d.sync += errors[ERR_BUSY - 8].eq(1)
+            m.d.sync += sticky["ERR_BUSY"].eq(1)
         return m

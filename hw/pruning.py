@@ -1,5 +1,7 @@
 """SpAtten's cascade pruning controller: importance accumulators, keep counts, alive lists."""
 
+import dataclasses
+
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -11,7 +13,12 @@ from .attention.common import ReadPort, probs_layout
 from .lanes import add_tree
 from .topk import TopKEngine
 
-__all__ = ["PruningController", "prune_command_layout", "magnitude_layout"]
+__all__ = ["PruningController", "prune_command_layout", "magnitude_layout", "PRUNING_TOPK_LANES"]
+
+#: Comparator lanes of the controller's top-k engine. It ranks at most ``max_tokens`` importances
+#: once per layer, fed one per cycle, so more lanes would only add LUTs (its compaction networks
+#: grow as lanes squared) to a step that takes a few hundred cycles of a layer's hundred thousand.
+PRUNING_TOPK_LANES = 4
 
 
 def prune_command_layout(cfg: AccelConfig):
@@ -54,7 +61,7 @@ class PruningController(wiring.Component):
         heads (:func:`spattn.formats.kept_count`) of highest importance; [CLS] (the first alive
         token, always sentence position 0) is scored above every importance so it always stays;
         ties go to the lower index. Both selections run on one :class:`~.topk.TopKEngine` of
-        ``importance_bits``-wide scores, fed one score per cycle.
+        ``importance_bits``-wide scores with ``PRUNING_TOPK_LANES`` lanes, fed one score per cycle.
     busy : Out(1)
         High while a ``begin`` or a ``prune`` is in progress.
     tokens_alive : Out(count), heads_alive : Out(bits_for(heads))
@@ -85,12 +92,14 @@ class PruningController(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        T, H, R, P = cfg.max_tokens, cfg.heads, cfg.pe_rows, cfg.topk_comparators
+        T, H, R = cfg.max_tokens, cfg.heads, cfg.pe_rows
         index, count = unsigned(cfg.index_bits), unsigned(cfg.count_bits)
         head_shape = unsigned(bits_for(H - 1))
-        lanes = cfg.topk_stream_lanes
         fmt = AttentionFormats.of(cfg)
-        m.submodules.topk = topk = TopKEngine(cfg, score_bits=cfg.importance_bits)
+        lanes = min(PRUNING_TOPK_LANES, cfg.topk_comparators)
+        engine_cfg = dataclasses.replace(cfg, topk_comparators=lanes, topk_stream_lanes=lanes)
+        m.submodules.topk = topk = TopKEngine(engine_cfg, score_bits=cfg.importance_bits)
+        P = lanes
 
         tokens_alive = Signal(count)
         heads_alive = Signal(unsigned(bits_for(H)))

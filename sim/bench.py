@@ -11,7 +11,7 @@ from pathlib import Path
 from spattn.config import preset
 from spattn.sim.runner import run_bench
 
-__all__ = ["bench_topk", "bench_pe_array", "bench_attention", "bench_softmax", "main"]
+__all__ = ["bench_topk", "bench_pe_array", "bench_attention", "bench_softmax", "bench_accelerator", "main"]
 
 TOPK_SIZES = (16, 64, 256, 1024)
 TOPK_RATIOS = (0.1, 0.5, 0.9)
@@ -329,13 +329,88 @@ def format_softmax(rows, std, random_rows, sentences, layers, seconds):
     return "\n".join(lines) + "\n"
 
 
+ACCEL_TOKENS = (12, 40, 100, 256)
+ACCEL_SETTINGS = ("dense", "combined")
+#: Clock of the accelerator's throughput figures: the Fmax of its place and route (README), MHz.
+ACCEL_CLOCK_MHZ = None
+
+
+def bench_accelerator(out_dir="reports", simulator="verilator", tokens=ACCEL_TOKENS, settings=ACCEL_SETTINGS,
+                      clock_mhz=ACCEL_CLOCK_MHZ):
+    """Whole MiniLM sentences through the accelerator top (``minilm`` preset, no memory stalls), per
+    layer and in total: cycles, bytes read against the dense full-precision baseline, tokens and
+    heads alive, rows recomputed; with ``clock_mhz``, sentences per second and effective GOP/s (the
+    dense attention's operations over the accelerator's time). Every sentence is checked bit for bit
+    against the golden model. Returns the rows, one per sentence, setting and layer."""
+    from spattn.sim.benches.accelerator_bench import SETTINGS
+    cfg = preset("minilm")
+    started = time.monotonic()
+    rows = _run_sweep("accelerator", cfg, "spattn.sim.benches.accelerator_bench", simulator,
+                      {"SPATTN_ACCEL_TOKENS": ",".join(map(str, tokens)),
+                       "SPATTN_ACCEL_SETTINGS": ",".join(settings), "SPATTN_ACCEL_STALL": "0"},
+                      testcase="sentences")
+    seconds = time.monotonic() - started
+    for row in rows:
+        n = row["tokens"]
+        row["dense_bytes"] = 3 * n * cfg.heads * cfg.head_dim * cfg.act_bits // 8
+        row["dense_ops"] = 2 * 2 * n * n * cfg.head_dim * cfg.heads       # Q·Kᵀ and P·V multiply-adds
+    totals = []
+    for (tokens_, setting), group in _group(rows, lambda r: (r["tokens"], r["setting"])).items():
+        total = {"tokens": tokens_, "setting": setting, "layers": len(group),
+                 **{name: sum(r[name] for r in group) for name in
+                    ("CYCLES", "BYTES_READ", "BYTES_WRITTEN", "ROWS_RECOMPUTED", "dense_bytes", "dense_ops")}}
+        if clock_mhz:
+            total["sentences_per_s"] = clock_mhz * 1e6 / total["CYCLES"]
+            total["effective_gops"] = total["dense_ops"] * clock_mhz * 1e6 / total["CYCLES"] / 1e9
+        totals.append(total)
+    table = format_accelerator(rows, totals, cfg, simulator, clock_mhz, seconds)
+    _write_report(out_dir, "accelerator", table, {"config": cfg.name, "simulator": simulator,
+                                                 "clock_mhz": clock_mhz, "seconds": round(seconds, 1),
+                                                 "settings": {name: SETTINGS[name] for name in settings},
+                                                 "totals": totals, "layers": rows})
+    return rows
+
+
+def format_accelerator(rows, totals, cfg, simulator, clock_mhz, seconds):
+    lines = [f"# Accelerator: whole MiniLM sentences ({cfg.name} preset)", "",
+             f"Measured by `spattn bench accelerator` on {simulator} in {seconds / 60:.1f} min: every sentence "
+             "through all 6 layers on the generated Verilog (memory: cocotbext-axi AxiRam, no stalls), "
+             "embedding and counters bit-exact against the golden model. Bytes read: plane rows (and "
+             "mask rows) on the AXI bus; dense: Q, K, V of every token and head at 12 bits.", ""]
+    header = ["tokens", "setting", "cycles", "read KB", "dense KB", "dense / read", "rows recomputed"]
+    align = ["---:", "---", "---:", "---:", "---:", "---:", "---:"]
+    if clock_mhz:
+        header += ["sentences/s", "effective GOP/s"]
+        align += ["---:", "---:"]
+    body = []
+    for t in totals:
+        row = [str(t["tokens"]), t["setting"], f"{t['CYCLES']:,}", f"{t['BYTES_READ'] / 1024:.1f}",
+               f"{t['dense_bytes'] / 1024:.1f}", f"{t['dense_bytes'] / t['BYTES_READ']:.2f}x",
+               str(t["ROWS_RECOMPUTED"])]
+        if clock_mhz:
+            row += [f"{t['sentences_per_s']:.1f}", f"{t['effective_gops']:.2f}"]
+        body.append(row)
+    lines += _markdown_table(header, align, body)
+    if clock_mhz:
+        lines += ["", f"At {clock_mhz} MHz, the routed Fmax of the accelerator (README). Effective GOP/s: "
+                  "the dense attention's 4·n²·d operations per head and layer, over the accelerator's time."]
+    lines += ["", "## Per layer", ""]
+    body = [[str(r["tokens"]), r["setting"], str(r["layer"]), str(r["LAYER_TOKENS"]), str(r["LAYER_HEADS"]),
+             f"{r['CYCLES']:,}", f"{r['BYTES_READ'] / 1024:.1f}", f"{r['dense_bytes'] / 1024:.1f}",
+             str(r["ROWS_RECOMPUTED"])] for r in rows]
+    lines += _markdown_table(["tokens", "setting", "layer", "tokens alive", "heads alive", "cycles", "read KB",
+                              "dense KB", "rows recomputed"],
+                             ["---:", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"], body)
+    return "\n".join(lines) + "\n"
+
+
 def _indices(text):
     return [int(part) for part in text.split(",") if part]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="spattn bench", description=__doc__)
-    parser.add_argument("block", choices=["topk", "pe_array", "attention", "softmax"])
+    parser.add_argument("block", choices=["topk", "pe_array", "attention", "softmax", "accelerator"])
     parser.add_argument("-o", "--out", default="reports", help="report directory (default: reports)")
     parser.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     parser.add_argument("--trials", type=int, default=5, help="random score sets per point")
@@ -347,9 +422,15 @@ def main(argv=None):
     parser.add_argument("--heads", type=_indices, default=list(ATTN_HEADS),
                         help="attention: heads, empty for all (default: %(default)s)")
     parser.add_argument("--latency", type=int, default=4, help="attention: memory latency in cycles")
+    parser.add_argument("--tokens", type=_indices, default=list(ACCEL_TOKENS),
+                        help="accelerator: sentence lengths (default: %(default)s)")
+    parser.add_argument("--clock-mhz", type=float, default=ACCEL_CLOCK_MHZ,
+                        help="accelerator: clock of the throughput figures (default: the routed Fmax)")
     args = parser.parse_args(argv)
     if args.block == "softmax":
         bench_softmax(args.out)
+    elif args.block == "accelerator":
+        bench_accelerator(args.out, args.simulator, args.tokens, clock_mhz=args.clock_mhz)
     elif args.block == "attention":
         bench_attention(args.out, args.simulator, args.sentences, args.layers, args.heads,
                         latency=args.latency)
