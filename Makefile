@@ -48,6 +48,7 @@ bench: env
 	$(BIN)/spattn bench pe_array --no-pnr -o $(REPORTS)
 	$(BIN)/spattn bench attention -o $(REPORTS)
 	$(BIN)/spattn bench softmax -o $(REPORTS)
+	$(BIN)/spattn bench accelerator -o $(REPORTS)
 
 eval: env
 	$(BIN)/spattn eval --out $(REPORTS)

@@ -44,6 +44,10 @@ def test_sizes_must_be_positive_integers(field, value):
                                    r"of board ulx3s-85f"),
     (dict(act_bits=24, act_msb_bits=8, acc_bits=60),
      r"needs 512 multipliers, more than the 156 of board ulx3s-85f"),
+    (dict(layers=100000), r"importance_bits \(from max_tokens = 1024, heads = 12, layers = 100000, score_bits, "
+                          r"head_dim and act_bits\) must be at most 40, not 47"),
+    (dict(heads=2000), r"heads must be at most max_tokens = 1024 \(the controller ranks heads on its token "
+                       r"top-k engine\), not 2000"),
     (dict(max_tokens=65536), r"max_tokens = 65536 with topk_comparators = 16 needs up to 256 block RAMs, "
                              r"more than the 208 of board ulx3s-85f"),
 ])

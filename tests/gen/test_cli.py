@@ -23,6 +23,9 @@ def test_verilog_command_writes_verilog_and_manifest(tmp_path, capsys):
     for name in ports:
         assert f"{name};" in verilog or f"{name} ;" in verilog or f" {name}," in verilog
     assert "wrote" in capsys.readouterr().out
+    # the accelerator top comes with its register map as a C header and a Markdown table
+    assert "#define SPATTN_REG_STATUS" in (tmp_path / "spattn_accelerator_regs.h").read_text()
+    assert "| 0x10 | `STATUS` |" in (tmp_path / "spattn_accelerator_regs.md").read_text()
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
@@ -32,7 +35,8 @@ def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unknown_block_names_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"block must be one of \['attention', 'pe_array', 'pe_array_sat', "
+    with pytest.raises(ValueError, match=r"block must be one of \['accelerator', 'attention', 'pe_array', "
+                                         r"'pe_array_sat', "
                                          r"'pe_array_ws', "
                                          r"'pe_array_ws_sat', 'topk'\], not 'fft'"):
         generate(preset("tiny"), tmp_path, block="fft")
