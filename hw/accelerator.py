@@ -133,6 +133,7 @@ class Accelerator(wiring.Component):
         flags = Signal.like(regs.flags)
         layer = Signal.like(regs.layer)
         mem_base = Signal(32)
+        keeps = Signal.like(ctl.prune.payload)
         head_slot = Signal(range(H + 1))      # index into the alive-head list
         head = Signal(range(H))               # the model's head number
         m.d.comb += ctl.head_read_addr.eq(head_slot)
@@ -321,6 +322,7 @@ class Accelerator(wiring.Component):
                                      settings.threshold.eq(regs.threshold),
                                      settings.value_keep.eq(regs.value_keep),
                                      settings.dynatran.eq(regs.dynatran),
+                                     keeps.token_keep.eq(regs.token_keep), keeps.head_keep.eq(regs.head_keep),
                                      cycles.eq(0), rows_recomputed.eq(0), pe_busy.eq(0), head_slot.eq(0),
                                      layer_tokens.eq(regs.tokens)]
                         m.d.comb += [ctl.begin.eq(first), ctl.tokens.eq(regs.tokens)]
@@ -352,8 +354,7 @@ class Accelerator(wiring.Component):
                     with m.Else():
                         m.next = "HEAD_BASE"
             with m.State("PRUNE"):
-                m.d.comb += [ctl.prune.valid.eq(1), ctl.prune.payload.token_keep.eq(regs.token_keep),
-                             ctl.prune.payload.head_keep.eq(regs.head_keep)]
+                m.d.comb += [ctl.prune.valid.eq(1), ctl.prune.payload.eq(keeps)]
                 with m.If(ctl.prune.ready):
                     m.next = "PRUNING"
             with m.State("PRUNING"):
