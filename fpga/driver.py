@@ -113,11 +113,12 @@ class Driver:
         return {name: await self.read(name) for name in COUNTERS}
 
     async def wait_done(self):
-        """Poll STATUS until DONE; an error bit raises :class:`AcceleratorError` naming it."""
+        """Poll STATUS until DONE; an error bit raises :class:`AcceleratorError` naming it, once
+        the accelerator is idle (a memory error does not stop the layer)."""
         for _ in range(self.max_polls):
             status = await self.read("STATUS")
             errors = [name for name in ERRORS if status & self.bit("STATUS", name)]
-            if errors:
+            if errors and not status & self.bit("STATUS", "BUSY"):
                 await self.write("CTRL", self.bit("CTRL", "CLEAR"))
                 raise AcceleratorError(f"the accelerator reports {', '.join(errors)} (STATUS 0x{status:04x})")
             if status & self.bit("STATUS", "DONE"):

@@ -17,10 +17,13 @@ from .pruning import PruningController
 from .register_file import RegisterFile
 from .registers import accelerator_registers
 
-__all__ = ["Accelerator", "LIST_BURST_WORDS"]
+__all__ = ["Accelerator", "LIST_BURST_WORDS", "MEM_BASE_ALIGN_BITS"]
 
 #: Alive lists are written in bursts of at most this many bus words.
 LIST_BURST_WORDS = 16
+#: MEM_BASE must be a multiple of 2**MEM_BASE_ALIGN_BITS, so that the memory map's rows, aligned
+#: within it, stay word-aligned and never cross a 4 KiB boundary (AXI forbids it in a burst).
+MEM_BASE_ALIGN_BITS = 12
 #: Read bursts the memory port keeps in flight.
 MAX_READS = 8
 
@@ -53,8 +56,9 @@ class Accelerator(wiring.Component):
     Settings errors (STATUS, sticky until CTRL.CLEAR): ERR_BUSY for a START while a layer runs (the
     layer goes on); ERR_TOKENS for TOKENS of 0, above ``max_tokens``, or (without FIRST) not
     equal to the previous layer's survivors; ERR_KEEP for a token or head keep of 0 or above 1.0;
-    ERR_SETTING for a value keep of 0 or above 1.0, a threshold above ``2**prob.bits`` or a LAYER
-    of ``layers`` or more; ERR_MEMORY for an AXI response other than OKAY.
+    ERR_SETTING for a value keep of 0 or above 1.0, a threshold above ``2**prob.bits``, a LAYER
+    of ``layers`` or more or a MEM_BASE that is not 4 KiB aligned; ERR_MEMORY for an AXI response
+    other than OKAY (the layer goes on; its results are not to be trusted).
 
     Throughput: heads run one after another; a static mask row is fetched and gathered to the
     alive tokens (one key per cycle) each time the core asks for it.
@@ -117,13 +121,18 @@ class Accelerator(wiring.Component):
             bad_keep.eq((regs.token_keep == 0) | (regs.token_keep > full_ratio) |
                         (regs.head_keep == 0) | (regs.head_keep > full_ratio)),
             bad_setting.eq((regs.value_keep == 0) | (regs.value_keep > full_ratio) |
-                           (regs.threshold > (1 << fmt.prob.bits)) | (regs.layer >= cfg.layers)),
+                           (regs.threshold > (1 << fmt.prob.bits)) | (regs.layer >= cfg.layers) |
+                           (regs.mem_base[:MEM_BASE_ALIGN_BITS] != 0)),
         ]
         sticky = {name: Signal(name=name.lower()) for name in errors}
         m.d.comb += [errors[name].eq(flag) for name, flag in sticky.items()]
         with m.If(clear):
             m.d.sync += [done.eq(0)] + [flag.eq(0) for flag in sticky.values()]
-        with m.If(axi.error):
+        # the manager's error stays high until the next START clears it: flag its rising edge, so
+        # that CLEAR clears ERR_MEMORY
+        memory_error_seen = Signal()
+        m.d.sync += memory_error_seen.eq(axi.error)
+        with m.If(axi.error & ~memory_error_seen):
             m.d.sync += sticky["ERR_MEMORY"].eq(1)
         with m.If(running):
             m.d.sync += cycles.eq(cycles + 1)
@@ -312,9 +321,10 @@ class Accelerator(wiring.Component):
                 with m.If(start):
                     m.d.sync += done.eq(0)
                     with m.If(bad_tokens | bad_keep | bad_setting):
-                        m.d.sync += [sticky["ERR_TOKENS"].eq(sticky["ERR_TOKENS"] | bad_tokens),
-                                     sticky["ERR_KEEP"].eq(sticky["ERR_KEEP"] | bad_keep),
-                                     sticky["ERR_SETTING"].eq(sticky["ERR_SETTING"] | bad_setting)]
+                        # a CLEAR in the same write clears the old bits first
+                        m.d.sync += [sticky[name].eq((sticky[name] & ~clear) | bad) for name, bad in
+                                     (("ERR_TOKENS", bad_tokens), ("ERR_KEEP", bad_keep),
+                                      ("ERR_SETTING", bad_setting))]
                     with m.Else():
                         m.d.comb += axi.clear.eq(1)
                         m.d.sync += [running.eq(1), tokens.eq(regs.tokens), flags.eq(regs.flags),

@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -107,7 +107,7 @@ class PruningController(wiring.Component):
         m.d.comb += [self.tokens_alive.eq(tokens_alive), self.heads_alive.eq(heads_alive)]
 
         def token_slot(which_bank, slot):
-            return Cat(slot[:cfg.index_bits], which_bank)
+            return Mux(which_bank, T + slot, slot)
 
         def head_slot(which_bank, slot):
             return Mux(which_bank, H + slot, slot)

@@ -239,7 +239,8 @@ def accelerator_registers(cfg: AccelConfig) -> RegisterMap:
             _flag("ERR_BUSY", 8, "START while busy"),
             _flag("ERR_TOKENS", 9, "TOKENS is 0, above max_tokens or not the previous layer's survivors"),
             _flag("ERR_KEEP", 10, "a token or head keep ratio is 0 or above 1.0"),
-            _flag("ERR_SETTING", 11, "VALUE_KEEP 0 or above 1.0, THRESHOLD out of range or LAYER >= layers"),
+            _flag("ERR_SETTING", 11, "VALUE_KEEP 0 or above 1.0, THRESHOLD out of range, LAYER >= layers or "
+                  "MEM_BASE not 4 KiB aligned"),
             _flag("ERR_MEMORY", 12, "an AXI memory response was not OKAY"),
         )),
         Register("TOKENS", 0x14, "rw", cfg.count_bits, doc="alive tokens of this layer"),
@@ -259,7 +260,7 @@ def accelerator_registers(cfg: AccelConfig) -> RegisterMap:
                  doc="recompute a row whose maximum probability is below this, in probability LSBs"),
         Register("DYNATRAN", 0x30, "rw", cfg.act_bits,
                  doc="DynaTran: Q/K/V values with |x| below this become 0, in act LSBs"),
-        Register("MEM_BASE", 0x34, "rw", 32, doc="byte address of the memory map"),
+        Register("MEM_BASE", 0x34, "rw", 32, doc="byte address of the memory map, 4 KiB aligned"),
         Register("ALIVE_TOKENS", 0x38, "ro", cfg.count_bits, doc="tokens surviving the last layer"),
         Register("ALIVE_HEADS", 0x3C, "ro", bits_for(cfg.heads), doc="heads alive after the last layer"),
         Register("LAYER_TOKENS", 0x40, "ro", cfg.count_bits, doc="tokens the last layer ran"),

@@ -48,6 +48,8 @@ from spattn.sim.golden.minilm import load_minilm, random_encoder
 from spattn.sim.runner import load_manifest
 
 SEED = int(os.environ.get("SPATTN_SEED", "20261130"))
+#: Where the bench puts the memory map: not at 0, so that MEM_BASE takes part in every address.
+MEM_BASE = 0x10000
 CLOCK_NS = 10
 
 #: The settings of ``spattn eval``'s families, as config changes (the best combined one last).
@@ -58,7 +60,7 @@ SETTINGS = {
     "value keep": {"value_keep": 0.5},
     "progressive": {"recompute_threshold": 0.2},
     "dynatran": {"dynatran_threshold": 0.1},
-    "static mask": {"static_mask_density": 0.5},
+    "static mask": {"static_mask_density": 0.5, "recompute_threshold": 0.2},
     "combined": {"recompute_threshold": 0.0, "value_keep": 0.7, "token_keep": (1.0, 1.0, 0.8, 0.8, 0.6, 0.6),
                  "head_keep": (0.9,)},
 }
@@ -77,7 +79,7 @@ class SimTransport:
     def __init__(self, dut, cfg, rng, stall):
         self.dut = dut
         self.status = accelerator_registers(cfg)["STATUS"].offset
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=MemoryMap(cfg).size)
+        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=MEM_BASE + MemoryMap(cfg).size)
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
         for prefix in ("m_axi_", "s_axil_"):     # one line per transfer otherwise
             logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
@@ -152,8 +154,9 @@ class Bench:
         """One sentence on the RTL and on the golden model; everything compared; returns the RTL run."""
         cfg = dataclasses.replace(self.cfg, **SETTINGS[setting])
         masks = self.masks(cfg, ids)
-        got = await Driver(self.transport, cfg).run_sentence(self.model, ids, masks=masks)
-        want = await Driver(GoldenAccelerator(cfg), cfg).run_sentence(self.model, ids, masks=masks)
+        got = await Driver(self.transport, cfg, MEM_BASE).run_sentence(self.model, ids, masks=masks)
+        golden = GoldenAccelerator(cfg, memory_bytes=MEM_BASE + MemoryMap(cfg).size)
+        want = await Driver(golden, cfg, MEM_BASE).run_sentence(self.model, ids, masks=masks)
         for layer, (g, w) in enumerate(zip(got.layers, want.layers)):
             where = f"{label}, {setting}, layer {layer}"
             assert (g.tokens, g.heads) == (w.tokens, w.heads), f"{where}: alive tokens/heads differ"
@@ -199,12 +202,13 @@ async def bad_settings(dut):
     cases = [("TOKENS", 0, "ERR_TOKENS"), ("TOKENS", cfg.max_tokens + 1, "ERR_TOKENS"),
              ("TOKEN_KEEP", 0, "ERR_KEEP"), ("HEAD_KEEP", full + 1, "ERR_KEEP"),
              ("VALUE_KEEP", 0, "ERR_SETTING"), ("VALUE_KEEP", full + 1, "ERR_SETTING"),
-             ("THRESHOLD", (1 << (cfg.score_bits - 1)) + 1, "ERR_SETTING"), ("LAYER", cfg.layers, "ERR_SETTING")]
+             ("THRESHOLD", (1 << (cfg.score_bits - 1)) + 1, "ERR_SETTING"), ("LAYER", cfg.layers, "ERR_SETTING"),
+             ("MEM_BASE", 0x800, "ERR_SETTING")]
     start_first = driver.bit("CTRL", "START") | driver.bit("CTRL", "FIRST")
 
     async def good_settings():
         for name, good in (("TOKENS", 3), ("LAYER", 0), ("TOKEN_KEEP", full), ("HEAD_KEEP", full),
-                           ("VALUE_KEEP", full), ("THRESHOLD", 0), ("FLAGS", 0)):
+                           ("VALUE_KEEP", full), ("THRESHOLD", 0), ("FLAGS", 0), ("MEM_BASE", MEM_BASE)):
             await driver.write(name, good)
 
     for register, value, error in cases:
@@ -224,6 +228,17 @@ async def bad_settings(dut):
             assert error in str(e)
         else:
             raise AssertionError(f"{register} = {value}: wait_done did not raise")
+    # CLEAR in the same write as a refused START: only the new error remains
+    await good_settings()
+    await driver.write("TOKEN_KEEP", 0)
+    await driver.write("CTRL", start_first)
+    await good_settings()
+    await driver.write("VALUE_KEEP", 0)
+    await driver.write("CTRL", start_first | driver.bit("CTRL", "CLEAR"))
+    status = await driver.read("STATUS")
+    assert status & driver.bit("STATUS", "ERR_SETTING") and not status & driver.bit("STATUS", "ERR_KEEP"), (
+        f"CLEAR with a refused START: STATUS 0x{status:x}")
+    await driver.write("CTRL", driver.bit("CTRL", "CLEAR"))
     # a layer without FIRST whose TOKENS differs from the survivors
     await good_settings()
     await driver.write("CTRL", driver.bit("CTRL", "START") | driver.bit("CTRL", "FIRST"))

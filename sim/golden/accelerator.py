@@ -16,6 +16,7 @@ layer's tokens and heads. Only CYCLES is the hardware's own (this model reports 
 import torch
 
 from spattn.formats import VALUE_KEEP_FRAC, AttentionFormats, join_planes
+from spattn.hw.accelerator import MEM_BASE_ALIGN_BITS
 from spattn.hw.registers import accelerator_registers
 from spattn.memmap import BUS_BYTES, LIST_ENTRY_BYTES, MemoryMap, pack_values, unpack_values
 
@@ -29,12 +30,14 @@ __all__ = ["GoldenAccelerator"]
 class GoldenAccelerator:
     """The accelerator as a Python object: ``read_reg``/``write_reg``/``read_mem``/``write_mem``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, memory_bytes=None):
+        """``memory_bytes``: size of the memory, at least MEM_BASE plus the memory map's size
+        (default: the memory map's size, for MEM_BASE 0)."""
         self.cfg = cfg
         self.memmap = MemoryMap(cfg)
         self.regmap = accelerator_registers(cfg)
         self.fmt = AttentionFormats.of(cfg)
-        self.memory = bytearray(self.memmap.size)
+        self.memory = bytearray(memory_bytes or self.memmap.size)
         self.regs = {reg.name: (reg.const if reg.const is not None else reg.reset) for reg in self.regmap}
         self.by_offset = {reg.offset: reg for reg in self.regmap}
         self.token_importance = [0] * cfg.max_tokens
@@ -59,6 +62,9 @@ class GoldenAccelerator:
         return bytes(self.memory[address:address + length])
 
     async def write_mem(self, address, data):
+        if address + len(data) > len(self.memory):
+            raise ValueError(f"write of {len(data)} bytes at 0x{address:x} is past the memory's "
+                             f"{len(self.memory)} bytes")
         self.memory[address:address + len(data)] = data
 
     # ---- the layer ---------------------------------------------------------------------------
@@ -78,7 +84,7 @@ class GoldenAccelerator:
         bad_tokens = not 1 <= r["TOKENS"] <= cfg.max_tokens or (not first and r["TOKENS"] != len(self.alive))
         bad_keep = not (1 <= r["TOKEN_KEEP"] <= full and 1 <= r["HEAD_KEEP"] <= full)
         bad_setting = (not 1 <= r["VALUE_KEEP"] <= full or r["THRESHOLD"] > 1 << self.fmt.prob.bits
-                       or r["LAYER"] >= cfg.layers)
+                       or r["LAYER"] >= cfg.layers or r["MEM_BASE"] % (1 << MEM_BASE_ALIGN_BITS))
         for flag, bad in (("ERR_TOKENS", bad_tokens), ("ERR_KEEP", bad_keep), ("ERR_SETTING", bad_setting)):
             if bad:
                 self._set(flag)

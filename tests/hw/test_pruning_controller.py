@@ -8,6 +8,7 @@ controller's read ports and compared with the golden selection on the golden acc
 Importances are drawn from a few values so that ties at the cut are common.
 """
 
+import dataclasses
 import random
 
 import pytest
@@ -133,6 +134,12 @@ def test_all_equal_and_length_one():
     """All importances equal (ties everywhere: the lowest positions win); a one-token sentence."""
     run_controller(TINY, 20, [(FULL // 2, FULL // 2, [3])] * 2, seed=7, gap=0)
     run_controller(TINY, 1, [(FULL // 2, FULL // 2, None)] * 2, seed=8)
+
+
+def test_max_tokens_not_a_power_of_two():
+    """48 tokens: the second bank of the alive list starts at 48, not at 64."""
+    cfg = dataclasses.replace(TINY, max_tokens=48)
+    run_controller(cfg, 48, [(int(0.95 * FULL), FULL, None), (int(0.7 * FULL), FULL, None)] * 2, seed=10)
 
 
 def test_minilm_shape():
