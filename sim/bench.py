@@ -331,25 +331,61 @@ def format_softmax(rows, std, random_rows, sentences, layers, seconds):
 
 ACCEL_TOKENS = (12, 40, 100, 256)
 ACCEL_SETTINGS = ("dense", "combined")
-#: Clock of the accelerator's throughput figures: the Fmax of its place and route (README), MHz.
-ACCEL_CLOCK_MHZ = None
+#: The clock nextpnr is asked for when the accelerator is placed and routed (MHz).
+ACCEL_PNR_TARGET_MHZ = 50
+
+
+def pnr_accelerator(out_dir="reports", build_root="build", target_mhz=ACCEL_PNR_TARGET_MHZ):
+    """Synthesis, place and route of the whole accelerator (``minilm`` preset) on the ULX3S-85F,
+    out of context, nextpnr's router1 (about 30 minutes here): resources and Fmax, written to
+    ``accelerator_pnr.md`` and ``.json``. Returns the figures (a dict)."""
+    from spattn.gen.synth import place_and_route_ecp5, synthesize
+    cfg = preset("minilm")
+    spec = cfg.board_spec
+    synth = synthesize("accelerator", cfg, "ecp5", Path(build_root) / "synth" / f"accelerator-{cfg.name}")
+    placed = place_and_route_ecp5(synth, target_mhz)
+    figures = {"preset": cfg.name, "synth_seconds": synth.seconds, **dataclasses.asdict(placed)}
+    rows = [[name, f"{used:,}", f"{total:,}", f"{100 * used / total:.1f}%"] for name, used, total in
+            (("LUT4", placed.luts, spec.luts), ("DSP (MULT18X18D)", placed.dsps, spec.dsps),
+             ("block RAM (DP16KD)", placed.brams, spec.brams))]
+    table = "\n".join([f"# Accelerator place and route: {cfg.name} on the ULX3S-85F ({placed.device})", "",
+                        f"`spattn bench accelerator --pnr`: Yosys `synth_ecp5` ({synth.seconds:.0f} s), nextpnr-ecp5 "
+                        f"out of context, router1, target {target_mhz} MHz ({placed.seconds / 60:.0f} min).", "",
+                        *_markdown_table(["resource", "used", "of", "share"], ["---", "---:", "---:", "---:"], rows),
+                        "", f"Flip-flops: {placed.registers:,}. Fmax: **{placed.fmax_mhz:.2f} MHz** "
+                            f"(target {target_mhz} MHz)."]) + "\n"
+    _write_report(out_dir, "accelerator_pnr", table, figures)
+    return figures
 
 
 def bench_accelerator(out_dir="reports", simulator="verilator", tokens=ACCEL_TOKENS, settings=ACCEL_SETTINGS,
-                      clock_mhz=ACCEL_CLOCK_MHZ):
+                      clock_mhz=None, reuse=None, pnr=False):
     """Whole MiniLM sentences through the accelerator top (``minilm`` preset, no memory stalls), per
     layer and in total: cycles, bytes read against the dense full-precision baseline, tokens and
     heads alive, rows recomputed; with ``clock_mhz``, sentences per second and effective GOP/s (the
     dense attention's operations over the accelerator's time). Every sentence is checked bit for bit
-    against the golden model. Returns the rows, one per sentence, setting and layer."""
+    against the golden model. ``reuse``: the JSON of an earlier run, whose measured layers are
+    reported again (at another clock) instead of simulating. ``pnr``: place and route first
+    (:func:`pnr_accelerator`); without ``clock_mhz`` the Fmax of ``accelerator_pnr.json`` in
+    ``out_dir`` is the clock, when there is one. Returns the rows, one per sentence, setting and layer."""
     from spattn.sim.benches.accelerator_bench import SETTINGS
     cfg = preset("minilm")
-    started = time.monotonic()
-    rows = _run_sweep("accelerator", cfg, "spattn.sim.benches.accelerator_bench", simulator,
-                      {"SPATTN_ACCEL_TOKENS": ",".join(map(str, tokens)),
-                       "SPATTN_ACCEL_SETTINGS": ",".join(settings), "SPATTN_ACCEL_STALL": "0"},
-                      testcase="sentences")
-    seconds = time.monotonic() - started
+    if pnr:
+        pnr_accelerator(out_dir)
+    pnr_report = Path(out_dir) / "accelerator_pnr.json"
+    if clock_mhz is None and pnr_report.exists():
+        clock_mhz = round(json.loads(pnr_report.read_text())["fmax_mhz"], 2)
+    if reuse:
+        earlier = json.loads(Path(reuse).read_text())
+        rows, seconds, simulator = earlier["layers"], earlier["seconds"], earlier["simulator"]
+        settings = list(earlier["settings"])
+    else:
+        started = time.monotonic()
+        rows = _run_sweep("accelerator", cfg, "spattn.sim.benches.accelerator_bench", simulator,
+                          {"SPATTN_ACCEL_TOKENS": ",".join(map(str, tokens)),
+                           "SPATTN_ACCEL_SETTINGS": ",".join(settings), "SPATTN_ACCEL_STALL": "0"},
+                          testcase="sentences")
+        seconds = time.monotonic() - started
     for row in rows:
         n = row["tokens"]
         row["dense_bytes"] = 3 * n * cfg.heads * cfg.head_dim * cfg.act_bits // 8
@@ -392,7 +428,7 @@ def format_accelerator(rows, totals, cfg, simulator, clock_mhz, seconds):
         body.append(row)
     lines += _markdown_table(header, align, body)
     if clock_mhz:
-        lines += ["", f"At {clock_mhz} MHz, the routed Fmax of the accelerator (README). Effective GOP/s: "
+        lines += ["", f"At {clock_mhz} MHz (the routed Fmax in `accelerator_pnr.md`, unless given). Effective GOP/s: "
                   "the dense attention's 4·n²·d operations per head and layer, over the accelerator's time."]
     lines += ["", "## Per layer", ""]
     body = [[str(r["tokens"]), r["setting"], str(r["layer"]), str(r["LAYER_TOKENS"]), str(r["LAYER_HEADS"]),
@@ -424,13 +460,19 @@ def main(argv=None):
     parser.add_argument("--latency", type=int, default=4, help="attention: memory latency in cycles")
     parser.add_argument("--tokens", type=_indices, default=list(ACCEL_TOKENS),
                         help="accelerator: sentence lengths (default: %(default)s)")
-    parser.add_argument("--clock-mhz", type=float, default=ACCEL_CLOCK_MHZ,
-                        help="accelerator: clock of the throughput figures (default: the routed Fmax)")
+    parser.add_argument("--clock-mhz", type=float,
+                        help="accelerator: clock of the throughput figures (default: the Fmax in "
+                             "accelerator_pnr.json of the report directory)")
+    parser.add_argument("--pnr", action="store_true",
+                        help="accelerator: place and route it first (about 30 minutes)")
+    parser.add_argument("--reuse", help="accelerator: report the layers of this earlier JSON instead of "
+                                        "simulating")
     args = parser.parse_args(argv)
     if args.block == "softmax":
         bench_softmax(args.out)
     elif args.block == "accelerator":
-        bench_accelerator(args.out, args.simulator, args.tokens, clock_mhz=args.clock_mhz)
+        bench_accelerator(args.out, args.simulator, args.tokens, clock_mhz=args.clock_mhz, reuse=args.reuse,
+                          pnr=args.pnr)
     elif args.block == "attention":
         bench_attention(args.out, args.simulator, args.sentences, args.layers, args.heads,
                         latency=args.latency)
