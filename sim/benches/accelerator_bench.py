@@ -8,8 +8,9 @@ driver writes each layer's planes into the RAM as a host writes shared memory, a
 and alive lists back from it.
 
 Every sentence runs twice: on the RTL and on :class:`spattn.sim.golden.accelerator.GoldenAccelerator`
-(the golden model behind the same driver). The embeddings must be equal (``torch.equal``), and per
-layer the alive tokens and heads and every counter register but CYCLES.
+(the golden model behind the same driver). The embeddings must be equal (``torch.equal``), per
+layer the alive tokens and heads and every counter register but CYCLES, and at the end the whole
+memory image (outputs, alive lists, padding: nothing written that should not be).
 
 Presets shaped like all-MiniLM-L6-v2 run real sentences through the real model; others run random
 token ids through a random encoder of the preset's shape (:func:`~spattn.sim.golden.minilm.random_encoder`).
@@ -154,9 +155,19 @@ class Bench:
         """One sentence on the RTL and on the golden model; everything compared; returns the RTL run."""
         cfg = dataclasses.replace(self.cfg, **SETTINGS[setting])
         masks = self.masks(cfg, ids)
+        size = MemoryMap(cfg).size
+        self.transport.ram.write(MEM_BASE, bytes(size))       # a clean memory, as the golden model's
         got = await Driver(self.transport, cfg, MEM_BASE).run_sentence(self.model, ids, masks=masks)
-        golden = GoldenAccelerator(cfg, memory_bytes=MEM_BASE + MemoryMap(cfg).size)
+        golden = GoldenAccelerator(cfg, memory_bytes=MEM_BASE + size)
         want = await Driver(golden, cfg, MEM_BASE).run_sentence(self.model, ids, masks=masks)
+        # the whole memory image: no stray write, no row too many, lists padded alike
+        image = self.transport.ram.read(MEM_BASE, size)
+        if image != bytes(golden.memory[MEM_BASE:]):
+            first = next(i for i, (a, b) in enumerate(zip(image, golden.memory[MEM_BASE:])) if a != b)
+            region = next((name for name, (offset, length) in MemoryMap(cfg).regions.items()
+                           if offset <= first < offset + length), "between regions")
+            raise AssertionError(f"{label}, {setting}: memory differs from the golden model's first at "
+                                 f"offset 0x{first:x} (region {region})")
         for layer, (g, w) in enumerate(zip(got.layers, want.layers)):
             where = f"{label}, {setting}, layer {layer}"
             assert (g.tokens, g.heads) == (w.tokens, w.heads), f"{where}: alive tokens/heads differ"
