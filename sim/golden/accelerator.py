@@ -43,6 +43,8 @@ class GoldenAccelerator:
         self.token_importance = [0] * cfg.max_tokens
         self.head_importance = [0] * cfg.heads
         self.alive, self.heads = [], []
+        #: per layer, ``[(head, HeadResult)]`` of every head run (what the controller is fed)
+        self.trace = []
         for name in ("STATUS", "ALIVE_TOKENS", "ALIVE_HEADS", "LAYER_TOKENS", "LAYER_HEADS", "CYCLES",
                      "BYTES_READ", "BYTES_WRITTEN", "ROWS_RECOMPUTED", "PE_BUSY_CYCLES"):
             self.regs[name] = 0
@@ -107,6 +109,7 @@ class GoldenAccelerator:
         causal, masked, progressive = (bool(r["FLAGS"] >> self.regmap["FLAGS"].field(flag).lsb & 1)
                                        for flag in ("CAUSAL", "MASKED", "PROGRESSIVE"))
         read = written = recomputed = steps = 0
+        self.trace.append([])
         for head in self.heads:
             planes = {}
             for t in mm.TENSORS:
@@ -124,6 +127,7 @@ class GoldenAccelerator:
             result = attention_head(cfg, q, k, v, causal=causal, mask=mask, progressive=progressive,
                                     threshold=r["THRESHOLD"], value_keep=r["VALUE_KEEP"],
                                     dynatran=r["DYNATRAN"])
+            self.trace[-1].append((head, result))
             for i in range(n):
                 address = base + mm.out_address(head, i)
                 self.memory[address:address + mm.out_row.nbytes] = pack_values(

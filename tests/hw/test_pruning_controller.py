@@ -5,9 +5,11 @@ Each layer sends the controller what the attention core and the top would: per a
 of key-major probability beats (random ``final`` lanes, random gaps) and one magnitude per output
 row; then a prune with the layer's keep ratios. The alive lists are read back through the
 controller's read ports and compared with the golden selection on the golden accumulators.
-Importances are drawn from a few values so that ties at the cut are common.
+Importances are drawn from a few values so that ties at the cut are common; one test replays the
+real probabilities and magnitudes of a MiniLM sentence (the golden accelerator's heads).
 """
 
+import asyncio
 import dataclasses
 import random
 
@@ -16,7 +18,7 @@ import torch
 from amaranth.sim import Simulator
 
 from spattn.config import preset
-from spattn.formats import VALUE_KEEP_FRAC, AttentionFormats
+from spattn.formats import VALUE_KEEP_FRAC, AttentionFormats, value_keep_int
 from spattn.hw.pruning import PruningController
 from spattn.sim.golden.pruning import select_survivors
 
@@ -58,8 +60,18 @@ def golden_layers(cfg, n, layers, seed):
 
 
 def run_controller(cfg, n, layers, seed, gap=0.3):
-    dut = PruningController(cfg)
     expected = golden_layers(cfg, n, layers, seed)
+    results = replay(cfg, n, [layer[:4] for layer in expected], gap=gap, seed=seed)
+    for layer, ((tokens, heads), want) in enumerate(zip(results, expected)):
+        assert tokens == want[4], f"layer {layer}: alive tokens"
+        assert heads == want[5], f"layer {layer}: alive heads"
+    return results
+
+
+def replay(cfg, n, layers, gap=0.0, seed=0):
+    """Feed ``layers`` (``[(probs beats, magnitudes, token_keep, head_keep)]``) to a controller
+    after a ``begin`` of ``n`` tokens; the alive lists after each layer's prune."""
+    dut = PruningController(cfg)
     rng = random.Random(seed + 1)
     results = []
 
@@ -69,7 +81,7 @@ def run_controller(cfg, n, layers, seed, gap=0.3):
         await ctx.tick()
         ctx.set(dut.begin, 0)
         await ctx.tick().until(~dut.busy)
-        for beats, magnitudes, token_keep, head_keep, _, _ in expected:
+        for beats, magnitudes, token_keep, head_keep in layers:
             stream = [("probs", b) for b in beats] + [("magnitude", mg) for mg in magnitudes]
             rng.shuffle(stream)                  # the two streams interleave freely
             for port, payload in stream:
@@ -99,9 +111,6 @@ def run_controller(cfg, n, layers, seed, gap=0.3):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    for layer, ((tokens, heads), want) in enumerate(zip(results, expected)):
-        assert tokens == want[4], f"layer {layer}: alive tokens"
-        assert heads == want[5], f"layer {layer}: alive heads"
     return results
 
 
@@ -148,3 +157,35 @@ def test_minilm_shape():
     layers = [(int(r * FULL), int(h * FULL), None) for r, h in
               ((0.9, 0.9), (0.8, 0.75), (0.7, 0.5), (0.5, 0.5), (0.5, 0.1), (1.0, 1.0))]
     run_controller(cfg, 40, layers, seed=9, gap=0)
+
+
+def test_real_minilm_importances():
+    """The probabilities and output magnitudes of a real MiniLM sentence (the golden accelerator's
+    heads, token keep 0.7 and head keep 0.8 per layer), fed as the core sends them: per head, per
+    block of R query rows, one beat per key. The lists must be the golden model's."""
+    from spattn.fpga.driver import Driver
+    from spattn.sim.golden.accelerator import GoldenAccelerator
+    from spattn.sim.golden.minilm import load_minilm
+
+    cfg = dataclasses.replace(preset("minilm"), token_keep=(0.7,), head_keep=(0.8,))
+    model = load_minilm()
+    ids = model.encode("A man is playing a guitar on the stage while the crowd sings along.")
+    golden = GoldenAccelerator(cfg)
+    run = asyncio.run(Driver(golden, cfg).run_sentence(model, ids))
+    R, keep_t, keep_h = cfg.pe_rows, value_keep_int(0.7), value_keep_int(0.8)
+    layers = []
+    for heads in golden.trace:
+        beats, magnitudes = [], []
+        for head, result in heads:
+            n = result.probs.shape[0]
+            for first in range(0, n, R):
+                rows = list(range(first, min(n, first + R)))
+                for key in range(n):
+                    data = [int(result.probs[i, key]) for i in rows] + [0] * (R - len(rows))
+                    beats.append({"key": key, "final": (1 << len(rows)) - 1, "data": data,
+                                  "rows": [0] * R, "last": 0})
+            magnitudes += [{"head": head, "magnitude": int(m)} for m in result.magnitude]
+        layers.append((beats, magnitudes, keep_t, keep_h))
+    want = [(list(b.tokens), list(b.heads)) for b in run.layers[1:]]
+    got = replay(cfg, len(ids), layers)
+    assert got[:len(want)] == want
