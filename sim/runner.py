@@ -9,7 +9,6 @@ environment variable ``SPATTN_WAVES=1`` asks for them.
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -53,24 +52,6 @@ def simulator_env(simulator):
     raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
 
 
-_ALWAYS_STAR_TRIGGER = re.compile(r"^  reg (\\\$auto\$verilog_backend\S*) += 0;$", re.MULTILINE)
-
-
-def icarus_source(verilog_path):
-    """A copy of ``verilog_path`` whose ``always @*`` blocks Icarus Verilog 11 evaluates at start.
-
-    Yosys guards every ``always @*`` block with a trigger register declared ``= 0`` so that the
-    block runs once at time zero; Icarus 11 applies that declaration without an event, so outputs
-    that depend only on registers that never change (a state machine resting in its first state)
-    stay X. Toggling the trigger once, before the first clock edge, restores the intended start.
-    """
-    text = Path(verilog_path).read_text()
-    text, found = _ALWAYS_STAR_TRIGGER.subn(r"  reg \1 = 0;\n  initial #1 \1 = 1;", text)
-    patched = Path(verilog_path).with_suffix(".icarus.v")
-    patched.write_text(text)
-    return patched
-
-
 def _waves_requested(waves):
     return waves or os.environ.get("SPATTN_WAVES", "0") not in ("", "0")
 
@@ -92,11 +73,9 @@ def run_bench(block, cfg: AccelConfig, test_module, simulator="verilator", build
     os.environ.update(env_add)  # the runner looks simulators up on PATH at build time
     try:
         runner = get_runner(simulator)
-        if simulator == "verilator":
-            source, build_args = verilog_path, ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
-        else:
-            source, build_args = icarus_source(verilog_path), []
-        runner.build(sources=[source], hdl_toplevel=manifest["top"], build_dir=build_dir,
+        # the generated file as it is, on either simulator
+        build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"] if simulator == "verilator" else []
+        runner.build(sources=[verilog_path], hdl_toplevel=manifest["top"], build_dir=build_dir,
                      always=True, waves=waves, timescale=("1ns", "1ps"), build_args=build_args)
         env = {**env_add, MANIFEST_ENV: str(manifest_path), **(extra_env or {})}
         results = runner.test(test_module=test_module, hdl_toplevel=manifest["top"],

@@ -88,7 +88,7 @@ class OutputUnit(wiring.Component):
         next_slot = Signal(range(R + 1))
         # the next final slot after ``slot`` (R when there is none)
         m.d.comb += next_slot.eq(R)
-        for r in reversed(range(R)):
+        for r in reversed(range(1, R)):  # slot 0 never follows another (`0 > slot` would be constant)
             with m.If((r > slot) & final[r]):
                 m.d.comb += next_slot.eq(r)
         first_slot = Signal(range(R + 1))
