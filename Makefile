@@ -12,7 +12,7 @@ REPORTS := reports
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all env verilog check bitstream test bench eval vectors clean
+.PHONY: all env verilog check bitstream test formal bench eval vectors clean
 
 # Environment, Verilog of the preset, its cocotb check against the golden model, the bitstream and
 # its resource/timing report (printed last).
@@ -24,7 +24,7 @@ $(BIN)/python:
 # Reinstalled whenever the dependency list changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[sim,fpga]'
+	$(BIN)/pip install --quiet -e '.[sim,fpga,formal]'
 	command -v iverilog >/dev/null || (apt-get update -qq && apt-get install -y -qq iverilog)
 	touch $@
 
@@ -42,6 +42,10 @@ bitstream: env
 
 test: env
 	$(BIN)/python -m pytest -n 2 -q
+
+# The SymbiYosys proofs alone (they also run in `make test`).
+formal: env
+	$(BIN)/python -m pytest -m formal -q -n 2
 
 bench: env
 	$(BIN)/spattn bench topk -o $(REPORTS)
