@@ -18,7 +18,9 @@ def _verilog(args):
     cfg = preset(args.preset)
     for block in args.block or sorted(BLOCKS):
         verilog_path, manifest_path = generate(cfg, args.output, block=block)
-        print(f"wrote {verilog_path} and {manifest_path}")
+        extra = json.loads(manifest_path.read_text()).get("register_files", [])
+        also = "".join(f", {manifest_path.parent / name}" for name in extra)
+        print(f"wrote {verilog_path} and {manifest_path}{also}")
 
 
 def _check(args):
