@@ -368,7 +368,7 @@ def bench_accelerator(out_dir="reports", simulator="verilator", tokens=ACCEL_TOK
     reported again (at another clock) instead of simulating. ``pnr``: place and route first
     (:func:`pnr_accelerator`); without ``clock_mhz`` the Fmax of ``accelerator_pnr.json`` in
     ``out_dir`` is the clock, when there is one. Returns the rows, one per sentence, setting and layer."""
-    from spattn.sim.benches.accelerator_bench import SETTINGS
+    from spattn.sim.golden.accelerator import SETTING_FAMILIES as SETTINGS
     cfg = preset("minilm")
     if pnr:
         pnr_accelerator(out_dir)

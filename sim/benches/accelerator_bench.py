@@ -17,7 +17,7 @@ token ids through a random encoder of the preset's shape (:func:`~spattn.sim.gol
 
 Environment: ``SPATTN_MANIFEST`` (set by :func:`spattn.sim.runner.run_bench`); ``SPATTN_ACCEL_TOKENS``
 (comma-separated sentence lengths, default ``5,12``); ``SPATTN_ACCEL_SETTINGS`` (comma-separated
-names of :data:`SETTINGS`, default all); ``SPATTN_ACCEL_STALL`` (pause probability of every AXI
+names of :data:`~spattn.sim.golden.accelerator.SETTING_FAMILIES`, default all); ``SPATTN_ACCEL_STALL`` (pause probability of every AXI
 channel, default 0.3); ``SPATTN_BENCH_OUT`` (a file that gets one JSON line per layer, for
 ``spattn bench accelerator``).
 """
@@ -42,7 +42,7 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam, AxiResp
 from spattn.fpga.driver import COUNTERS, AcceleratorError, Driver
 from spattn.hw.registers import accelerator_registers
 from spattn.memmap import MemoryMap
-from spattn.sim.golden.accelerator import GoldenAccelerator
+from spattn.sim.golden.accelerator import SETTING_FAMILIES, GoldenAccelerator
 from spattn.sim.golden.corpus import eval_sentences
 from spattn.sim.golden.masks import calibrate_masks
 from spattn.sim.golden.minilm import load_minilm, random_encoder
@@ -52,19 +52,6 @@ SEED = int(os.environ.get("SPATTN_SEED", "20261130"))
 #: Where the bench puts the memory map: not at 0, so that MEM_BASE takes part in every address.
 MEM_BASE = 0x10000
 CLOCK_NS = 10
-
-#: The settings of ``spattn eval``'s families, as config changes (the best combined one last).
-SETTINGS = {
-    "dense": {},
-    "token keep": {"token_keep": (0.8,)},
-    "head keep": {"head_keep": (0.5,)},
-    "value keep": {"value_keep": 0.5},
-    "progressive": {"recompute_threshold": 0.2},
-    "dynatran": {"dynatran_threshold": 0.1},
-    "static mask": {"static_mask_density": 0.5, "recompute_threshold": 0.2},
-    "combined": {"recompute_threshold": 0.0, "value_keep": 0.7, "token_keep": (1.0, 1.0, 0.8, 0.8, 0.6, 0.6),
-                 "head_keep": (0.9,)},
-}
 
 
 def _pauses(rng, probability):
@@ -120,7 +107,7 @@ class Bench:
         self.model = load_minilm() if self.minilm_shaped else random_encoder(self.cfg, seed=SEED)
         self.lengths = [int(n) for n in os.environ.get("SPATTN_ACCEL_TOKENS", "5,12").split(",")]
         names = os.environ.get("SPATTN_ACCEL_SETTINGS", "")
-        self.settings = [name for name in names.split(",") if name] or list(SETTINGS)
+        self.settings = [name for name in names.split(",") if name] or list(SETTING_FAMILIES)
         self.out = os.environ.get("SPATTN_BENCH_OUT")
         Clock(dut.clk, CLOCK_NS, unit="ns").start()
 
@@ -153,7 +140,7 @@ class Bench:
 
     async def run(self, setting, ids, label):
         """One sentence on the RTL and on the golden model; everything compared; returns the RTL run."""
-        cfg = dataclasses.replace(self.cfg, **SETTINGS[setting])
+        cfg = dataclasses.replace(self.cfg, **SETTING_FAMILIES[setting])
         masks = self.masks(cfg, ids)
         size = MemoryMap(cfg).size
         self.transport.ram.write(MEM_BASE, bytes(size))       # a clean memory, as the golden model's

@@ -24,7 +24,21 @@ from .attention_core import attention_head
 from .core_schedule import core_schedule
 from .pruning import select_survivors
 
-__all__ = ["GoldenAccelerator"]
+__all__ = ["GoldenAccelerator", "SETTING_FAMILIES"]
+
+#: One setting of each family of ``spattn eval`` (config changes), the best combined one last: the
+#: settings the accelerator is checked under, on the golden model and on the RTL.
+SETTING_FAMILIES = {
+    "dense": {},
+    "token keep": {"token_keep": (0.8,)},
+    "head keep": {"head_keep": (0.5,)},
+    "value keep": {"value_keep": 0.5},
+    "progressive": {"recompute_threshold": 0.2},
+    "dynatran": {"dynatran_threshold": 0.1},
+    "static mask": {"static_mask_density": 0.5, "recompute_threshold": 0.2},
+    "combined": {"recompute_threshold": 0.0, "value_keep": 0.7, "token_keep": (1.0, 1.0, 0.8, 0.8, 0.6, 0.6),
+                 "head_keep": (0.9,)},
+}
 
 
 class GoldenAccelerator:

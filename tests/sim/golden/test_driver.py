@@ -11,24 +11,13 @@ import torch
 
 from spattn.config import preset
 from spattn.fpga.driver import AcceleratorError, Driver
-from spattn.sim.golden.accelerator import GoldenAccelerator
+from spattn.sim.golden.accelerator import SETTING_FAMILIES, GoldenAccelerator
 from spattn.sim.golden.masks import calibrate_masks
 from spattn.sim.golden.sparse import run_sentence
 
 MINILM = preset("minilm")
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
-SETTINGS = {
-    "dense": {},
-    "token keep 0.8": {"token_keep": (0.8,)},
-    "head keep 0.85": {"head_keep": (0.85,)},
-    "value keep 0.5": {"value_keep": 0.5},
-    "progressive 0.2": {"recompute_threshold": 0.2},
-    "dynatran 0.1": {"dynatran_threshold": 0.1},
-    "combined": {"recompute_threshold": 0.0, "value_keep": 0.7, "token_keep": (1.0, 1.0, 0.8, 0.8, 0.6, 0.6),
-                 "head_keep": (0.9,)},
-    "static mask 0.5": {"static_mask_density": 0.5},
-}
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +25,9 @@ def masks(minilm):
     return calibrate_masks(minilm, dataclasses.replace(MINILM, static_mask_density=0.5), [SENTENCE])
 
 
-@pytest.mark.parametrize("name", SETTINGS)
+@pytest.mark.parametrize("name", SETTING_FAMILIES)
 def test_driver_equals_golden_model(minilm, masks, name):
-    cfg = dataclasses.replace(MINILM, **SETTINGS[name])
+    cfg = dataclasses.replace(MINILM, **SETTING_FAMILIES[name])
     ids = minilm.encode(SENTENCE)
     mask = masks if cfg.static_mask_density < 1 else None
     want = run_sentence(minilm, cfg, ids, arith="int", masks=mask)
