@@ -10,7 +10,8 @@ from amaranth.hdl import Const, Mux, Signal, Value, unsigned
 
 from spattn.formats import bits_for
 
-__all__ = ["wire", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "masked_reduce"]
+__all__ = ["wire", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "masked_reduce",
+           "pipelined_reduce"]
 
 
 def wire(m, value, name, shape=None):
@@ -91,3 +92,26 @@ def masked_reduce(m, flags, values, pick_first, identity, name):
             paired.append(level[-1])
         level = paired
     return level[0]
+
+
+def pipelined_reduce(m, values, pick_first, name, levels_per_stage=2):
+    """Tree reduction of ``values`` with a register after every ``levels_per_stage`` levels.
+
+    Returns ``(result, latency)``: ``result`` follows the inputs ``latency`` cycles later (0 when
+    the tree is shallow enough to stay combinational). ``pick_first(a, b)`` says whether ``a`` wins.
+    """
+    shape = Value.cast(values[0]).shape()
+    level = [Value.cast(value) for value in values]
+    depth = latency = 0
+    while len(level) > 1:
+        depth += 1
+        paired = [wire(m, Mux(pick_first(a, b), a, b), f"{name}_l{depth}_{i}", shape)
+                  for i, (a, b) in enumerate(zip(level[0::2], level[1::2]))]
+        if len(level) % 2:
+            paired.append(level[-1])
+        if depth % levels_per_stage == 0 and len(paired) > 1:
+            staged = [Signal(shape, name=f"{name}_r{depth}_{i}") for i in range(len(paired))]
+            m.d.sync += [reg.eq(value) for reg, value in zip(staged, paired)]
+            paired, latency = staged, latency + 1
+        level = paired
+    return level[0], latency

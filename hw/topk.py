@@ -1,15 +1,25 @@
-"""SpAtten-style top-k engine: quick-select by value bisection over P comparator lanes."""
+"""Top-k engine: radix selection over per-lane bucket lists held in block RAM."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from spattn.config import AccelConfig
-from spattn.formats import IntFormat, bits_for
+from spattn.formats import bits_for
 
-from .lanes import compact, exclusive_prefix_counts, masked_reduce, popcount, wire
+from .lanes import compact, exclusive_prefix_counts, pipelined_reduce, popcount, wire
 
-__all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout"]
+__all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout", "TOPK_RADIX_BITS"]
+
+# Bits of the score a selection level resolves: 16 buckets per level.
+TOPK_RADIX_BITS = 4
+# Output FIFO depth: the emission pipeline issues a row only while every row in flight fits.
+_OUT_DEPTH = 8
+# Cycles between the last input of a level and its bucket counts, and of the decision after it.
+_LOAD_LATENCY = 7
+_ROUND_LATENCY = 7
+_DECIDE_CYCLES = 5
+_EMIT_LATENCY = 7
 
 
 def topk_command_layout(cfg: AccelConfig):
@@ -32,21 +42,9 @@ def topk_indices_layout(cfg: AccelConfig):
     })
 
 
-class _LaneBuffer:
-    """P single-lane memory banks that together hold rows of P scores (one row per address).
-
-    Element ``e`` of a buffer lives in bank ``e % P`` at row ``e // P``, so a run of up to P
-    consecutive elements starting anywhere touches each bank at most once: one write port per bank
-    is enough to append a packed group of survivors at any fill level.
-    """
-
-    def __init__(self, m, name, cfg, score_shape):
-        self.read, self.write = [], []
-        for lane in range(cfg.topk_comparators):
-            bank = memory.Memory(shape=score_shape, depth=cfg.topk_rows, init=[])
-            m.submodules[f"{name}_bank{lane}"] = bank
-            self.read.append(bank.read_port())
-            self.write.append(bank.write_port())
+def topk_list_rows(cfg: AccelConfig):
+    """Address bits of one bucket list of one lane: a lane holds at most ``topk_rows`` scores."""
+    return bits_for(max(cfg.topk_rows - 1, 1))
 
 
 class TopKEngine(wiring.Component):
@@ -73,27 +71,32 @@ class TopKEngine(wiring.Component):
 
     Operation, with P = ``topk_comparators`` lanes and R = ceil(n / P) rows
     -----------------------------------------------------------------------
-    * Load: every score is written to an input buffer, P per cycle (a beat of S lanes takes S/P
-      cycles): R cycles when the input keeps up. The first selection round rides along: the
-      scores are partitioned around the run's first score as they arrive, and the minimum and
-      maximum are tracked.
-    * Select: a round partitions the candidate set (all scores within a value interval) around a
-      pivot, P lanes per cycle; the greater and the smaller candidates are packed (prefix-count
-      compaction) into two other buffers while their counts and the missing bound (minimum of the
-      greater side, maximum of the smaller side) are tracked. Only the side holding the k-th
-      largest value goes on. Later rounds read the candidates back from their buffer and pivot on
-      ``floor((min + max) / 2)``; a round of c candidates takes ``ceil(c / P) + 4`` cycles.
-      Selection stops as soon as the k-th value is known: it equals the pivot, the set holds one
-      value, or k selects the set's minimum or maximum. The value range halves in every round
-      after the first, so there are at most ``score_bits`` of them, whatever the input order.
-    * Emit: the input buffer is read once more in order and a lane is kept when its score is
-      above the k-th value, or equal to it and among the first ones still needed; kept lanes are
-      packed to the front of the beat, which leaves through a register slice. At most R + 3
-      cycles, plus the consumer's stalls; the pass ends at the beat holding the k-th kept index.
+    Scores are compared as unsigned keys (sign bit flipped), so order is kept. Score ``i`` lives
+    in lane ``i % P`` at row ``i // P`` and never changes lane, so no network moves scores between
+    lanes until the output.
 
-    Cycles from command to last beat, without stalls, are at most
-    ``1 + R + 3 + score_bits * (R + 4) + R + 3`` (:meth:`worst_case_cycles`); on random scores
-    about ``3.3 R`` (``spattn bench topk`` measures it).
+    * Load: each lane writes its scores in order to its block-RAM bank (R cycles at P scores per
+      cycle), and files each score's row in a bucket list: 16 buckets by the 4 key bits below the
+      highest bit in which the first row's keys differ (scores outside that window go to the end
+      buckets). The lists live in a second block-RAM bank per lane, one region per bucket; 16
+      counters per lane give the next free slot. Bucket counts summed over lanes are kept as
+      suffix sums (scores in this bucket or above), so selection needs no pass afterwards.
+    * Decide (5 cycles): the bucket holding the k-th largest key is the highest one whose suffix
+      sum reaches the rank still wanted; the scores above it are kept. If every score of the bucket
+      is kept, or the bucket holds one value, the k-th value is known. Otherwise the next level
+      reads that bucket's lists (each lane its own, ``max`` over lanes of its list length rows),
+      fetches the keys from the input bank by row, and files them by the next 4 bits below the
+      highest bit in which the bucket's bounds differ. Each level after the first narrows the
+      range by 16, so there are at most ``ceil(score_bits / 4)`` of them whatever the input.
+    * Emit: the input bank is read in order; a lane is kept when its key is above the k-th, or
+      equal to it and among the first ones still needed; kept lanes are packed to the front of the
+      beat, which goes into an output FIFO. Rows that keep nothing make no beat, and the pass stops
+      at the beat holding the k-th kept index.
+
+    The datapath is pipelined (a register after every block-RAM read and every compare or adder
+    tree) so that control is not the clock limit. Cycles from command to last beat, without
+    stalls, are at most :meth:`worst_case_cycles`; on random scores about ``2.5 R + 30``
+    (``spattn bench topk`` measures it).
     """
 
     def __init__(self, cfg: AccelConfig, score_bits=None):
@@ -107,318 +110,428 @@ class TopKEngine(wiring.Component):
         })
 
     @staticmethod
+    def levels(score_bits):
+        """Selection levels after the load, at most: each resolves ``TOPK_RADIX_BITS`` bits."""
+        return -(-score_bits // TOPK_RADIX_BITS)
+
+    @staticmethod
     def worst_case_cycles(cfg: AccelConfig, n, score_bits=None):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
-        return 1 + rows + 3 + (score_bits or cfg.score_bits) * (rows + 4) + rows + 3
+        levels = TopKEngine.levels(score_bits or cfg.score_bits)
+        return (1 + rows + _LOAD_LATENCY + _DECIDE_CYCLES
+                + levels * (rows + _ROUND_LATENCY + _DECIDE_CYCLES) + rows + _EMIT_LATENCY)
 
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
         p = cfg.topk_comparators
         chunks = cfg.topk_stream_lanes // p
-        fmt = IntFormat(self.score_bits, signed=True)
-        score_shape = fmt.shape
-        row_shape = unsigned(bits_for(cfg.topk_rows))
-        lane_shape = unsigned(bits_for(p))
+        width = self.score_bits
+        radix = min(TOPK_RADIX_BITS, width)
+        buckets = 1 << radix
+        row_bits = topk_list_rows(cfg)
+        key_shape = unsigned(width)
+        key_max = (1 << width) - 1
+        row_shape = unsigned(row_bits)
+        fill_shape = unsigned(row_bits + 1)          # 0 ..= topk_rows entries of one list
         count_shape = unsigned(cfg.count_bits)
+        shift_shape = unsigned(bits_for(width))
+        bucket_shape = unsigned(radix)
+
+        def key_of(score):
+            """Unsigned key with the order of the signed score: the sign bit flipped."""
+            return Cat(score.as_unsigned()[:width - 1], ~score.as_unsigned()[width - 1])
 
         def lane_valid(row, rows, last_lanes, lane):
             return (row != rows - 1) | (lane < last_lanes)
 
-        # Buffer 3 keeps the input in order; buffers 0..2 rotate as round source and destinations.
-        bufs = [_LaneBuffer(m, f"cand{j}", cfg, score_shape) for j in range(3)] + [
-            _LaneBuffer(m, "input", cfg, score_shape)]
-        INPUT = 3
+        # Per lane: the input in order (row -> key), and the bucket lists (two sets, so that one
+        # level reads a set while the next one is filed into the other; 16 regions of R slots each).
+        order_w, order_r, lists_w, lists_r = [], [], [], []
+        for lane in range(p):
+            order = memory.Memory(shape=key_shape, depth=cfg.topk_rows, init=[])
+            lists = memory.Memory(shape=row_shape, depth=2 * buckets << row_bits, init=[])
+            m.submodules[f"order{lane}"] = order
+            m.submodules[f"lists{lane}"] = lists
+            order_w.append(order.write_port())
+            order_r.append(order.read_port())
+            lists_w.append(lists.write_port())
+            lists_r.append(lists.read_port())
 
         # Run parameters.
         k_total = Signal(count_shape)
-        # The input buffer as rows: its row count and the valid lanes of its last row.
-        in_rows = Signal(row_shape)
-        in_last = Signal(lane_shape)
-        load_left = Signal(count_shape)      # scores still to load
+        in_rows = Signal(fill_shape)                 # rows loaded
+        in_last = Signal(range(p + 1))               # valid lanes of the last row
+        load_left = Signal(count_shape)
         chunk = Signal(range(max(chunks, 2)))
 
-        # The current candidate set: every score within [lo, hi]; k-th largest is its rank-th.
-        src = Signal(range(4))
-        src_rows = Signal(row_shape)
-        src_last = Signal(lane_shape)
+        # The current candidate set: every key in [set_lo, set_hi], filed in the lists of set
+        # ``src_set``, bucket ``src_bucket``, ``src_fill[lane]`` entries per lane; the k-th largest
+        # key of the run is the set's ``rank``-th largest.
         rank = Signal(count_shape)
-        lo = Signal(score_shape)
-        hi = Signal(score_shape)
-        pivot = Signal(score_shape)
-        gt_dst = Signal(range(3))
-        lt_dst = Signal(range(3))
+        set_hi = Signal(key_shape)
+        src_set = Signal()
+        src_bucket = Signal(bucket_shape)
+        src_fill = [Signal(fill_shape, name=f"src_fill{lane}") for lane in range(p)]
+        # The window the current level files by: keys whose bits at and above shift + radix equal
+        # win_base's go to bucket key[shift + radix - 1 : shift]; keys below or above the window
+        # go to the first or last bucket.
+        win_shift = Signal(shift_shape)
+        win_mask = Signal(key_shape)
+        win_base = Signal(key_shape)
 
-        # Per-round accumulators, one set per destination side.
-        class Side:
-            def __init__(self, name):
-                self.row = Signal(row_shape, name=f"{name}_fill_row")
-                self.lane = Signal(lane_shape, name=f"{name}_fill_lane")
-                self.count = Signal(count_shape, name=f"{name}_count")
-                self.bound = Signal(score_shape, name=f"{name}_bound")
-        gt, lt = Side("gt"), Side("lt")
-        eq_count = Signal(count_shape)
+        # ---- Level input: stage x holds (valid, row, key) per lane from the load or a round. ----
+        x_valid = [Signal(name=f"x_valid{lane}") for lane in range(p)]
+        x_row = [Signal(row_shape, name=f"x_row{lane}") for lane in range(p)]
+        x_key = [Signal(key_shape, name=f"x_key{lane}") for lane in range(p)]
+        x_load = Signal()                            # x holds load data (for the range tracking)
 
-        # Outcome of selection, used by the emit pass.
-        kth = Signal(score_shape)
-        eq_left = Signal(count_shape)        # scores equal to kth still to keep, earliest first
-        to_emit = Signal(count_shape)         # kept indices not yet sent
-
-        # Read pipeline: one row address for every bank, data one cycle later.
-        rd_row = Signal(row_shape)
-        rd_en = Signal()
-        s1_valid = Signal()
+        # Load path: chunk of the input beat -> s0 (written to the input bank) -> s1 -> x.
+        load_fire = Signal()
+        first_row = Signal()                         # the next loaded row is row 0
+        s0_valid = [Signal(name=f"s0_valid{lane}") for lane in range(p)]
+        s0_key = [Signal(key_shape, name=f"s0_key{lane}") for lane in range(p)]
+        s0_row = Signal(row_shape)
+        s0_first = Signal()
+        s1_valid = [Signal(name=f"s1_valid{lane}") for lane in range(p)]
+        s1_key = [Signal(key_shape, name=f"s1_key{lane}") for lane in range(p)]
         s1_row = Signal(row_shape)
-        for buf in bufs:
-            for port in buf.read:
-                m.d.comb += [port.addr.eq(rd_row), port.en.eq(rd_en)]
-        src_data = [wire(m, Mux(src == INPUT, bufs[INPUT].read[lane].data,
-                                Mux(src == 0, bufs[0].read[lane].data,
-                                    Mux(src == 1, bufs[1].read[lane].data, bufs[2].read[lane].data))),
-                         f"src_data{lane}") for lane in range(p)]
-
-        # Load datapath: the current chunk of P lanes of the input beat.
-        load_lanes = [Signal(score_shape, name=f"load_lane{lane}") for lane in range(p)]
+        s1_first = Signal()
+        load_left_lanes = [wire(m, Const(lane, count_shape) < load_left, f"load_valid{lane}")
+                           for lane in range(p)]
         for lane in range(p):
             choice = self.scores.payload[lane]
             for c in range(1, chunks):
                 choice = Mux(chunk == c, self.scores.payload[c * p + lane], choice)
-            m.d.comb += load_lanes[lane].eq(choice)
-        load_flags = [wire(m, Const(lane, lane_shape) < load_left, f"load_valid{lane}") for lane in range(p)]
+            m.d.sync += [s0_valid[lane].eq(load_fire & load_left_lanes[lane]),
+                         s0_key[lane].eq(key_of(choice)),
+                         s1_valid[lane].eq(s0_valid[lane]), s1_key[lane].eq(s0_key[lane])]
+            m.d.comb += [order_w[lane].addr.eq(s0_row), order_w[lane].data.eq(s0_key[lane]),
+                         order_w[lane].en.eq(s0_valid[lane])]
+        m.d.sync += [s0_row.eq(in_rows), s0_first.eq(load_fire & first_row),
+                     s1_row.eq(s0_row), s1_first.eq(s0_first)]
 
-        # Partition datapath, in two stages. Stage 1 compares with the pivot: the incoming chunk
-        # while loading (the first round rides along with the load, pivoting on the run's first
-        # score), else the row a selection round read. Stage 2, a cycle later, packs the flagged
-        # lanes into their buffers and tracks counts and bounds; the register between them keeps
-        # the handshake and the buffer read out of the packing network's timing path.
-        load_phase = Signal()                # in LOAD: the state register, not the handshake
-        fire = Signal()                      # stage 1 holds a row or chunk this cycle
-        part_data = [wire(m, Mux(load_phase, load_lanes[lane], src_data[lane]), f"part_data{lane}")
-                     for lane in range(p)]
-        valid = [wire(m, Mux(load_phase, load_flags[lane], lane_valid(s1_row, src_rows, src_last, lane)),
-                      f"part_valid{lane}") for lane in range(p)]
-        first_pivot = load_phase & (in_rows == 0)
-        pivot_now = wire(m, Mux(first_pivot, load_lanes[0], pivot), "pivot_now")
-        s2_valid = Signal()
-        s2_data = [Signal(score_shape, name=f"s2_data{lane}") for lane in range(p)]
-        is_gt = [Signal(name=f"is_gt{lane}") for lane in range(p)]
-        is_lt = [Signal(name=f"is_lt{lane}") for lane in range(p)]
-        is_loaded = [Signal(name=f"is_loaded{lane}") for lane in range(p)]
-        eq_added = Signal(lane_shape)
-        m.d.sync += [
-            s2_valid.eq(fire),
-            eq_added.eq(Mux(fire, popcount(m, [v & (x == pivot_now) for v, x in zip(valid, part_data)],
-                                           "eq_flags"), 0)),
-        ]
+        # The first row sets the load's window: s0 finds the bits in which its keys differ and
+        # smears them downwards; s1 turns that into the window, in time for row 0 to reach x.
+        diff_or = 0
+        diff_and = key_max
         for lane in range(p):
-            m.d.sync += [
-                s2_data[lane].eq(part_data[lane]),
-                is_gt[lane].eq(fire & valid[lane] & (part_data[lane] > pivot_now)),
-                is_lt[lane].eq(fire & valid[lane] & (part_data[lane] < pivot_now)),
-                is_loaded[lane].eq(fire & load_phase & valid[lane]),
+            diff_or = diff_or | Mux(s0_valid[lane], s0_key[lane], 0)
+            diff_and = diff_and & Mux(s0_valid[lane], s0_key[lane], key_max)
+        first_smear = Signal(key_shape)
+        first_key = Signal(key_shape)
+        m.d.sync += [first_smear.eq(_smear(m, wire(m, diff_or ^ diff_and, "first_diff", key_shape), "first")),
+                     first_key.eq(s0_key[0])]
+
+        # The window for keys whose range has bounds differing in the bits ``smear`` marks: the
+        # first row's at the load, the chosen bucket's at later levels.
+        range_smear = Signal(key_shape)
+        set_lo = Signal(key_shape)
+        window_smear = wire(m, Mux(s1_first, first_smear, range_smear), "window_smear")
+        window_low = wire(m, Mux(s1_first, first_key, set_lo), "window_low")
+        high_bits = wire(m, ~window_smear & ~Const((1 << radix) - 1, key_shape), "window_high", key_shape)
+        differing = popcount(m, [window_smear[bit] for bit in range(width)], "window_width")
+        new_window = [win_shift.eq(Mux(differing > radix, differing - radix, 0)),
+                      win_mask.eq(high_bits), win_base.eq(window_low & high_bits)]
+
+        # Round path: list slot -> (lists bank) row -> (input bank) key -> x.
+        rd_slot = Signal(fill_shape)
+        rd_rows = Signal(fill_shape)
+        round_issue = Signal()
+        a_valid = [Signal(name=f"a_valid{lane}") for lane in range(p)]
+        b_valid = [Signal(name=f"b_valid{lane}") for lane in range(p)]
+        b_row = [Signal(row_shape, name=f"b_row{lane}") for lane in range(p)]
+        emit_issue = Signal()
+        emit_row = Signal(fill_shape)
+        for lane in range(p):
+            m.d.comb += [
+                lists_r[lane].addr.eq(Cat(rd_slot[:row_bits], src_bucket, src_set)),
+                order_r[lane].addr.eq(Mux(emit_issue, emit_row[:row_bits], lists_r[lane].data)),
             ]
-        gt_min = masked_reduce(m, is_gt, s2_data, lambda a, b: a < b, fmt.max, "gt_min")
-        lt_max = masked_reduce(m, is_lt, s2_data, lambda a, b: a > b, fmt.min, "lt_max")
-        # The range of the whole input, tracked in stage 2 while loading.
-        load_min = masked_reduce(m, is_loaded, s2_data, lambda a, b: a < b, fmt.max, "load_min")
-        load_max = masked_reduce(m, is_loaded, s2_data, lambda a, b: a > b, fmt.min, "load_max")
-
-        def append(side, flags, dst, name):
-            """Pack the flagged lanes onto the end of buffer ``dst``; update the side's counters."""
-            ranks = exclusive_prefix_counts(m, flags, f"{name}_rank")
-            added = popcount(m, flags, f"{name}_added")
-            for bank in range(p):
-                # Slot of this bank among the appended lanes: (bank - fill_lane) mod P.
-                wraps = wire(m, bank < side.lane, f"{name}_wraps{bank}")
-                slot = wire(m, Mux(wraps, bank + p - side.lane, bank - side.lane)[:lane_shape.width],
-                            f"{name}_slot{bank}")
-                value = wire(m, compact(flags, s2_data, ranks, slot), f"{name}_value{bank}",
-                             score_shape)
-                for j in range(3):
-                    port = bufs[j].write[bank]
-                    with m.If(dst == j):
-                        m.d.comb += [
-                            port.en.eq(slot < added),
-                            port.addr.eq(side.row + wraps),
-                            port.data.eq(value),
-                        ]
-            fill = side.lane + added
-            with m.If(fill >= p):
-                m.d.sync += [side.row.eq(side.row + 1), side.lane.eq(fill - p)]
-            with m.Else():
-                m.d.sync += side.lane.eq(fill)
-            m.d.sync += side.count.eq(side.count + added)
-
-        # Emit datapath on the row in stage 1 (input buffer), into the output register slice.
-        beat = stream.Signature(topk_indices_layout(cfg)).create(path=("beat",))
-        in_data = [buf_port.data for buf_port in bufs[INPUT].read]
-        e_valid = [wire(m, s1_valid & lane_valid(s1_row, in_rows, in_last, lane), f"emit_valid{lane}")
-                   for lane in range(p)]
-        e_eq = [wire(m, v & (x == kth), f"emit_eq{lane}") for lane, (v, x) in enumerate(zip(e_valid, in_data))]
-        e_eq_rank = exclusive_prefix_counts(m, e_eq, "emit_eq_rank")
-        e_keep = [wire(m, v & ((x > kth) | (eq & (r < eq_left))), f"emit_keep{lane}")
-                  for lane, (v, x, eq, r) in enumerate(zip(e_valid, in_data, e_eq, e_eq_rank))]
-        e_keep_eq = popcount(m, [keep & eq for keep, eq in zip(e_keep, e_eq)], "emit_keep_eq")
-        e_count = popcount(m, e_keep, "emit_count")
-        e_ranks = exclusive_prefix_counts(m, e_keep, "emit_rank")
-        row_base = wire(m, s1_row * p, "row_base", unsigned(cfg.index_bits + bits_for(p)))
-        e_index = [wire(m, (row_base + lane)[:cfg.index_bits], f"emit_index{lane}") for lane in range(p)]
-        e_last = wire(m, e_count == to_emit, "emit_last")
-
-
-        def start_round(source_is):
-            """Clear the round's accumulators; the destinations are the buffers other than the source."""
             m.d.sync += [
-                gt.row.eq(0), gt.lane.eq(0), gt.count.eq(0), gt.bound.eq(fmt.max),
-                lt.row.eq(0), lt.lane.eq(0), lt.count.eq(0), lt.bound.eq(fmt.min),
-                eq_count.eq(0),
-                gt_dst.eq(Mux(source_is == 0, 1, 0)), lt_dst.eq(Mux(source_is == 2, 1, 2)),
+                a_valid[lane].eq(round_issue & (rd_slot < src_fill[lane])),
+                b_valid[lane].eq(a_valid[lane]), b_row[lane].eq(lists_r[lane].data),
+                x_valid[lane].eq(s1_valid[lane] | b_valid[lane]),
+                x_row[lane].eq(Mux(s1_valid[lane], s1_row, b_row[lane])),
+                x_key[lane].eq(Mux(s1_valid[lane], s1_key[lane], order_r[lane].data)),
             ]
+        m.d.sync += x_load.eq(Cat(*s1_valid).any())
 
-        def go_on(side, set_rank, low, high, source):
-            """Make ``side`` the candidate set: finish when its k-th value is known, else bisect it."""
-            with m.If(k_total == 0):
-                m.next = "EMPTY"
-            with m.Elif((low == high) | (set_rank == side.count)):
-                m.d.sync += [kth.eq(low), eq_left.eq(set_rank)]
-                m.next = "EMIT"
-            with m.Elif(set_rank == 1):
-                m.d.sync += [kth.eq(high), eq_left.eq(set_rank)]
-                m.next = "EMIT"
+        # Range of the whole input, per lane as it loads, then over lanes by a pipelined tree.
+        lane_min = [Signal(key_shape, name=f"lane_min{lane}", init=key_max) for lane in range(p)]
+        lane_max = [Signal(key_shape, name=f"lane_max{lane}") for lane in range(p)]
+        for lane in range(p):
+            with m.If(x_load & x_valid[lane]):
+                with m.If(x_key[lane] < lane_min[lane]):
+                    m.d.sync += lane_min[lane].eq(x_key[lane])
+                with m.If(x_key[lane] > lane_max[lane]):
+                    m.d.sync += lane_max[lane].eq(x_key[lane])
+        load_min, min_latency = pipelined_reduce(m, lane_min, lambda a, b: a < b, "load_min")
+        load_max, _ = pipelined_reduce(m, lane_max, lambda a, b: a > b, "load_max")
+
+        # ---- Filing: x -> y (bucket) -> list write, z (suffix flags) -> part (popcount) -> sums. ----
+        y_valid = [Signal(name=f"y_valid{lane}") for lane in range(p)]
+        y_row = [Signal(row_shape, name=f"y_row{lane}") for lane in range(p)]
+        y_bucket = [Signal(bucket_shape, name=f"y_bucket{lane}") for lane in range(p)]
+        for lane in range(p):
+            top = wire(m, x_key[lane] & win_mask, f"x_top{lane}", key_shape)
+            inside = wire(m, (x_key[lane] >> win_shift)[:radix], f"x_inside{lane}", bucket_shape)
+            m.d.sync += [
+                y_valid[lane].eq(x_valid[lane]), y_row[lane].eq(x_row[lane]),
+                y_bucket[lane].eq(Mux(top < win_base, 0, Mux(top > win_base, buckets - 1, inside))),
+            ]
+        fill = [[Signal(fill_shape, name=f"fill{lane}_{b}") for b in range(buckets)] for lane in range(p)]
+        clear_fill = Signal()
+        dst_set = ~src_set
+        for lane in range(p):
+            slot = 0
+            for b in range(buckets):
+                slot = Mux(y_bucket[lane] == b, fill[lane][b], slot)
+            slot = wire(m, slot, f"slot{lane}", fill_shape)
+            m.d.comb += [lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
+                         lists_w[lane].data.eq(y_row[lane]), lists_w[lane].en.eq(y_valid[lane])]
+            for b in range(buckets):
+                with m.If(clear_fill):
+                    m.d.sync += fill[lane][b].eq(0)
+                with m.Elif(y_valid[lane] & (y_bucket[lane] == b)):
+                    m.d.sync += fill[lane][b].eq(fill[lane][b] + 1)
+        z_ge = [[Signal(name=f"z_ge{lane}_{b}") for b in range(buckets)] for lane in range(p)]
+        for lane in range(p):
+            for b in range(buckets):
+                m.d.sync += z_ge[lane][b].eq(y_valid[lane] & (y_bucket[lane] >= b))
+        part = [Signal(range(p + 1), name=f"part{b}") for b in range(buckets)]
+        suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
+        for b in range(buckets):
+            m.d.sync += part[b].eq(popcount(m, [z_ge[lane][b] for lane in range(p)], f"part{b}"))
+            with m.If(clear_fill):
+                m.d.sync += suffix[b].eq(0)
             with m.Else():
-                m.d.sync += [
-                    src_rows.eq(side.row + (side.lane != 0)), src_last.eq(Mux(side.lane == 0, p, side.lane)),
-                    rank.eq(set_rank), lo.eq(low), hi.eq(high), src.eq(source),
-                    pivot.eq(((low + high) >> 1)[:self.score_bits]),
-                ]
-                start_round(source)
-                m.next = "ROUND"
+                m.d.sync += suffix[b].eq(suffix[b] + part[b])
+        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *x_valid, *y_valid,
+                       *(flag for row in z_ge for flag in row)]
+        filing = wire(m, Cat(*pipe_stages).any() | Cat(*(part[b] != 0 for b in range(buckets))).any(),
+                      "filing")
+        settle = Signal(range(max(min_latency, 1) + 2))
 
-        # Stage 2 runs every cycle: with no flag set it writes nothing and changes nothing.
-        append(gt, is_gt, gt_dst, "gt")
-        append(lt, is_lt, lt_dst, "lt")
-        # Stage 3 folds the reduced bounds of a row into the running ones: a register after the
-        # P-lane trees keeps tree and running comparison in separate cycles.
-        s3_valid = Signal()
-        s3 = {name: Signal(score_shape, name=f"s3_{name}")
-              for name in ("gt_min", "lt_max", "load_min", "load_max")}
-        m.d.sync += [
-            eq_count.eq(eq_count + eq_added),
-            s3_valid.eq(s2_valid),
-            s3["gt_min"].eq(gt_min), s3["lt_max"].eq(lt_max),
-            s3["load_min"].eq(load_min), s3["load_max"].eq(load_max),
-            gt.bound.eq(Mux(s3["gt_min"] < gt.bound, s3["gt_min"], gt.bound)),
-            lt.bound.eq(Mux(s3["lt_max"] > lt.bound, s3["lt_max"], lt.bound)),
-            lo.eq(Mux(s3["load_min"] < lo, s3["load_min"], lo)),
-            hi.eq(Mux(s3["load_max"] > hi, s3["load_max"], hi)),
-        ]
+        # ---- Decision over the bucket sums, five registered steps. ----
+        chosen = Signal(bucket_shape)
+        sum_at = Signal(count_shape)
+        sum_above = Signal(count_shape)
+        bucket_lo = Signal(key_shape)
+        bucket_hi = Signal(key_shape)
+        members = Signal(count_shape)
+        next_fill = [Signal(fill_shape, name=f"next_fill{lane}") for lane in range(p)]
+        next_rows, rows_latency = pipelined_reduce(m, next_fill, lambda a, b: a > b, "next_rows")
+        assert rows_latency <= 2, "the decision has two cycles for the longest list"
 
-        with m.FSM():
+        # Outcome of selection, for the emit pass.
+        kth = Signal(key_shape)
+        eq_left = Signal(count_shape)                # keys equal to kth still to keep, earliest first
+
+        # ---- Emission: E1 (key) -> E2 (compare) -> E3 (tie ranks) -> E4 (keep) -> E5 (pack). ----
+        layout = topk_indices_layout(cfg)
+        lane_shape = unsigned(bits_for(p))
+        index_shape = unsigned(cfg.index_bits)
+        m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(width=layout.size, depth=_OUT_DEPTH)
+        beat = data.View(layout, Signal(layout.size))
+        m.d.comb += [out_fifo.w_data.eq(beat.as_value()),
+                     self.indices.payload.eq(out_fifo.r_data), self.indices.valid.eq(out_fifo.r_rdy),
+                     out_fifo.r_en.eq(self.indices.ready)]
+        # A row is issued only while the FIFO has room for a beat from every row in flight.
+        emit_stages = 5
+        room = wire(m, out_fifo.level < _OUT_DEPTH - emit_stages, "emit_room")
+        issuing = wire(m, emit_issue & (emit_row != in_rows) & room, "emit_issuing")
+        e_valid = [Signal(name=f"e{stage + 1}_valid") for stage in range(emit_stages)]
+        e1_row, e2_row, e3_row = (Signal(fill_shape, name=f"e{stage}_row") for stage in (1, 2, 3))
+        m.d.sync += [e_valid[0].eq(issuing), e1_row.eq(emit_row), e2_row.eq(e1_row), e3_row.eq(e2_row)]
+        m.d.sync += [later.eq(earlier) for earlier, later in zip(e_valid, e_valid[1:])]
+        e2_gt = [Signal(name=f"e2_gt{lane}") for lane in range(p)]
+        e2_eq = [Signal(name=f"e2_eq{lane}") for lane in range(p)]
+        for lane in range(p):
+            key = order_r[lane].data
+            present = e_valid[0] & lane_valid(e1_row, in_rows, in_last, lane)
+            m.d.sync += [e2_gt[lane].eq(present & (key > kth)), e2_eq[lane].eq(present & (key == kth))]
+        e3_gt = [Signal(name=f"e3_gt{lane}") for lane in range(p)]
+        e3_eq = [Signal(name=f"e3_eq{lane}") for lane in range(p)]
+        e3_eq_rank = [Signal(lane_shape, name=f"e3_eq_rank{lane}") for lane in range(p)]
+        e3_eq_count = Signal(lane_shape)
+        eq_ranks = exclusive_prefix_counts(m, e2_eq, "emit_eq_rank")
+        m.d.sync += e3_eq_count.eq(popcount(m, e2_eq, "emit_eq_count"))
+        for lane in range(p):
+            m.d.sync += [e3_gt[lane].eq(e2_gt[lane]), e3_eq[lane].eq(e2_eq[lane]),
+                         e3_eq_rank[lane].eq(eq_ranks[lane])]
+        eq_seen = Signal(count_shape)                # keys equal to kth in the rows before E3's
+        e4_base = Signal(unsigned(cfg.index_bits + bits_for(p)))
+        e4_keep = [Signal(name=f"e4_keep{lane}") for lane in range(p)]
+        m.d.sync += e4_base.eq(e3_row * p)
+        with m.If(e_valid[2]):
+            m.d.sync += eq_seen.eq(eq_seen + e3_eq_count)
+        for lane in range(p):
+            m.d.sync += e4_keep[lane].eq(e3_gt[lane] | (e3_eq[lane] & (eq_seen + e3_eq_rank[lane] < eq_left)))
+        e5_keep = [Signal(name=f"e5_keep{lane}") for lane in range(p)]
+        e5_rank = [Signal(lane_shape, name=f"e5_rank{lane}") for lane in range(p)]
+        e5_index = [Signal(index_shape, name=f"e5_index{lane}") for lane in range(p)]
+        e5_count = Signal(lane_shape)
+        keep_ranks = exclusive_prefix_counts(m, e4_keep, "emit_keep_rank")
+        m.d.sync += e5_count.eq(popcount(m, e4_keep, "emit_keep_count"))
+        for lane in range(p):
+            m.d.sync += [e5_keep[lane].eq(e4_keep[lane]), e5_rank[lane].eq(keep_ranks[lane]),
+                         e5_index[lane].eq((e4_base + lane)[:cfg.index_bits])]
+        emitted = Signal(count_shape)
+        for slot in range(p):
+            m.d.comb += beat.index[slot].eq(compact(e5_keep, e5_index, e5_rank, slot))
+        m.d.comb += [beat.count.eq(e5_count), beat.last.eq(emitted + e5_count >= k_total)]
+
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     n, k = self.cmd.payload.n, self.cmd.payload.k
+                    kept = Mux(k > n, n, k)
+                    m.d.comb += clear_fill.eq(1)
                     m.d.sync += [
-                        k_total.eq(Mux(k > n, n, k)), rank.eq(Mux(k > n, n, k)),
-                        load_left.eq(n), chunk.eq(0), in_rows.eq(0),
-                        lo.eq(fmt.max), hi.eq(fmt.min),
-                        to_emit.eq(Mux(k > n, n, k)),
+                        k_total.eq(kept), rank.eq(kept),
+                        load_left.eq(n), chunk.eq(0), in_rows.eq(0), first_row.eq(1),
+                        emit_row.eq(0), emitted.eq(0), eq_seen.eq(0),
+                        src_set.eq(1),                      # so the load files into set 0
+                        win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
                     ]
-                    start_round(INPUT)
-                    with m.If(n == 0):
+                    m.d.sync += [reg.eq(key_max) for reg in lane_min]
+                    m.d.sync += [reg.eq(0) for reg in lane_max]
+                    with m.If((n == 0) | (kept == 0)):
                         m.next = "EMPTY"
                     with m.Else():
-                        m.d.sync += load_phase.eq(1)
                         m.next = "LOAD"
 
             with m.State("LOAD"):
-                m.d.comb += self.busy.eq(1)
                 final_chunk = load_left <= p
                 m.d.comb += self.scores.ready.eq(final_chunk | (chunk == chunks - 1))
+                with m.If(s1_first):
+                    m.d.sync += new_window
                 with m.If(self.scores.valid):
-                    m.d.comb += fire.eq(1)
-                    with m.If(first_pivot):
-                        m.d.sync += pivot.eq(load_lanes[0])
-                    for lane in range(p):
-                        port = bufs[INPUT].write[lane]
-                        m.d.comb += [port.en.eq(load_flags[lane]), port.addr.eq(in_rows),
-                                     port.data.eq(load_lanes[lane])]
+                    m.d.comb += load_fire.eq(1)
                     m.d.sync += [
+                        first_row.eq(0),
                         in_rows.eq(in_rows + 1),
                         load_left.eq(Mux(final_chunk, 0, load_left - p)),
                         chunk.eq(Mux(self.scores.ready, 0, chunk + 1)),
                     ]
                     with m.If(final_chunk):
-                        m.d.sync += [in_last.eq(load_left), src.eq(INPUT), load_phase.eq(0)]
-                        m.next = "DECIDE"
+                        m.d.sync += [in_last.eq(load_left), settle.eq(min_latency + 1)]
+                        m.next = "LOAD_SETTLE"
+
+            with m.State("LOAD_SETTLE"):
+                # Row 0's window may still be on its way when the load is one row long.
+                with m.If(s1_first):
+                    m.d.sync += new_window
+                with m.If(~filing & (settle == 0)):
+                    m.d.sync += [set_lo.eq(load_min), set_hi.eq(load_max)]
+                    m.next = "CHOOSE"
+                with m.Elif(settle != 0):
+                    m.d.sync += settle.eq(settle - 1)
 
             with m.State("ROUND"):
-                m.d.comb += [self.busy.eq(1), fire.eq(s1_valid)]
-                with m.If(rd_row != src_rows):
-                    m.d.comb += rd_en.eq(1)
-                    m.d.sync += [s1_valid.eq(1), s1_row.eq(rd_row), rd_row.eq(rd_row + 1)]
+                with m.If(rd_slot != rd_rows):
+                    m.d.comb += round_issue.eq(1)
+                    m.d.sync += rd_slot.eq(rd_slot + 1)
                 with m.Else():
-                    m.d.sync += s1_valid.eq(0)
-                    m.next = "DECIDE"
+                    m.next = "ROUND_SETTLE"
 
-            with m.State("DECIDE"):
-                # Keep the side that holds the k-th value and, in the same cycle, either finish
-                # selection on it or start the next round.
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [rd_row.eq(0), s1_valid.eq(0)]
-                with m.If(s2_valid | s3_valid):
-                    pass  # the last row is still in stages 2 and 3: its counts and bounds follow
-                with m.Elif(gt.count >= rank):
-                    go_on(gt, rank, gt.bound, hi, gt_dst)
-                with m.Elif(gt.count + eq_count >= rank):
-                    m.d.sync += [kth.eq(pivot), eq_left.eq(rank - gt.count)]
+            with m.State("ROUND_SETTLE"):
+                with m.If(~filing):
+                    m.next = "CHOOSE"
+
+            with m.State("CHOOSE"):
+                # The highest bucket whose suffix sum reaches the rank holds the k-th key.
+                pick = 0
+                for b in range(buckets):
+                    pick = Mux(suffix[b] >= rank, b, pick)
+                m.d.sync += chosen.eq(pick)
+                m.next = "BOUNDS"
+
+            with m.State("BOUNDS"):
+                at, above = suffix[0], Const(0, count_shape)
+                for b in range(1, buckets):
+                    at = Mux(chosen == b, suffix[b], at)
+                    above = Mux(chosen == b - 1, suffix[b], above)
+                low = win_base | (chosen.as_unsigned() << win_shift)[:width]
+                m.d.sync += [
+                    sum_at.eq(at), sum_above.eq(above),
+                    bucket_lo.eq(Mux(chosen == 0, 0, low)),
+                    bucket_hi.eq(Mux(chosen == buckets - 1, key_max,
+                                     low | ((Const(1, key_shape) << win_shift) - 1)[:width])),
+                ]
+                for lane in range(p):
+                    this = fill[lane][0]
+                    for b in range(1, buckets):
+                        this = Mux(chosen == b, fill[lane][b], this)
+                    m.d.sync += next_fill[lane].eq(this)
+                m.next = "NARROW"
+
+            with m.State("NARROW"):
+                new_lo = Mux(bucket_lo > set_lo, bucket_lo, set_lo)
+                new_hi = Mux(bucket_hi < set_hi, bucket_hi, set_hi)
+                m.d.sync += [
+                    rank.eq(rank - sum_above), members.eq(sum_at - sum_above),
+                    set_lo.eq(new_lo), set_hi.eq(new_hi),
+                ]
+                m.next = "SPREAD"
+
+            with m.State("SPREAD"):
+                m.d.sync += range_smear.eq(_smear(m, wire(m, set_lo ^ set_hi, "range_diff", key_shape),
+                                                  "range"))
+                m.next = "NEXT"
+
+            with m.State("NEXT"):
+                with m.If(members == rank):
+                    # Every key of the set is kept, so is every key equal to its lowest.
+                    m.d.sync += [kth.eq(set_lo), eq_left.eq(members)]
+                    m.next = "EMIT"
+                with m.Elif(range_smear == 0):
+                    m.d.sync += [kth.eq(set_lo), eq_left.eq(rank)]
                     m.next = "EMIT"
                 with m.Else():
-                    go_on(lt, rank - gt.count - eq_count, lo, lt.bound, lt_dst)
+                    m.d.sync += new_window
+                    m.d.comb += clear_fill.eq(1)
+                    m.d.sync += [src_set.eq(dst_set), src_bucket.eq(chosen), rd_slot.eq(0),
+                                 rd_rows.eq(next_rows)]
+                    m.d.sync += [src.eq(nxt) for src, nxt in zip(src_fill, next_fill)]
+                    m.next = "ROUND"
 
             with m.State("EMIT"):
-                m.d.comb += self.busy.eq(1)
-                for slot in range(p):
-                    m.d.comb += beat.payload.index[slot].eq(compact(e_keep, e_index, e_ranks, slot))
-                m.d.comb += [
-                    beat.payload.count.eq(e_count),
-                    beat.payload.last.eq(e_last),
-                    beat.valid.eq(s1_valid & ((e_count != 0) | e_last)),
-                ]
-                # Stage 1 moves on when empty, when its row keeps nothing, or when its beat is taken.
-                advance = ~s1_valid | ((e_count == 0) & ~e_last) | beat.ready
-                with m.If(advance):
-                    m.d.comb += rd_en.eq(1)
-                    m.d.sync += [
-                        s1_valid.eq(rd_row != in_rows), s1_row.eq(rd_row), rd_row.eq(rd_row + 1),
-                        eq_left.eq(eq_left - e_keep_eq),
-                        to_emit.eq(to_emit - e_count),
-                    ]
-                    with m.If(s1_valid & e_last):
-                        m.d.sync += s1_valid.eq(0)
+                m.d.comb += emit_issue.eq(1)
+                with m.If(issuing):
+                    m.d.sync += emit_row.eq(emit_row + 1)
+                with m.If(e_valid[-1] & (e5_count != 0)):
+                    m.d.comb += out_fifo.w_en.eq(1)
+                    m.d.sync += emitted.eq(emitted + e5_count)
+                    with m.If(beat.last):
+                        # Rows still in flight keep nothing: drop them with the run.
+                        m.d.sync += [valid.eq(0) for valid in e_valid]
                         m.next = "IDLE"
 
             with m.State("EMPTY"):
                 # Nothing to keep: drain the run's scores, then send the lone end beat.
-                m.d.comb += self.busy.eq(1)
                 with m.If(load_left != 0):
                     m.d.comb += self.scores.ready.eq((load_left <= p) | (chunk == chunks - 1))
                     with m.If(self.scores.valid):
                         m.d.sync += [load_left.eq(Mux(load_left <= p, 0, load_left - p)),
                                      chunk.eq(Mux(self.scores.ready, 0, chunk + 1))]
                 with m.Else():
-                    m.d.comb += [beat.valid.eq(1), beat.payload.last.eq(1)]
-                    with m.If(beat.ready):
+                    m.d.comb += [beat.count.eq(0), beat.last.eq(1), out_fifo.w_en.eq(out_fifo.w_rdy)]
+                    with m.If(out_fifo.w_rdy):
                         m.next = "IDLE"
 
-        # Output register slice: the consumer sees registered beats, so the emit network does not
-        # run into its logic; the engine may take the next command while the last beat waits.
-        out = self.indices
-        m.d.comb += beat.ready.eq(~out.valid | out.ready)
-        with m.If(beat.ready):
-            m.d.sync += [out.valid.eq(beat.valid), out.payload.eq(beat.payload)]
-        with m.If(out.valid):
-            m.d.comb += self.busy.eq(1)
-
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | out_fifo.r_rdy)
         return m
+
+
+def _smear(m, value, name):
+    """``value`` with every bit below its highest set bit set too (a prefix OR from the top)."""
+    width = len(value)
+    smeared, distance = value, 1
+    while distance < width:
+        smeared = wire(m, smeared | (smeared >> distance), f"{name}_smear{distance}", unsigned(width))
+        distance *= 2
+    return smeared
