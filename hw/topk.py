@@ -13,11 +13,13 @@ __all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout", "TOPK_RAD
 
 # Bits of the score a selection level resolves: 16 buckets per level.
 TOPK_RADIX_BITS = 4
+# Both banks of every lane belong in block RAM, whatever their size.
+_BLOCK_RAM = {"ram_style": "block"}
 # Output FIFO depth: the emission pipeline issues a row only while every row in flight fits.
 _OUT_DEPTH = 8
 # Cycles between the last input of a level and its bucket counts, and of the decision after it.
-_LOAD_LATENCY = 7
-_ROUND_LATENCY = 7
+_LOAD_LATENCY = 6
+_ROUND_LATENCY = 6
 _DECIDE_CYCLES = 5
 _EMIT_LATENCY = 7
 
@@ -150,8 +152,8 @@ class TopKEngine(wiring.Component):
         # level reads a set while the next one is filed into the other; 16 regions of R slots each).
         order_w, order_r, lists_w, lists_r = [], [], [], []
         for lane in range(p):
-            order = memory.Memory(shape=key_shape, depth=cfg.topk_rows, init=[])
-            lists = memory.Memory(shape=row_shape, depth=2 * buckets << row_bits, init=[])
+            order = memory.Memory(shape=key_shape, depth=cfg.topk_rows, init=[], attrs=_BLOCK_RAM)
+            lists = memory.Memory(shape=row_shape, depth=2 * buckets << row_bits, init=[], attrs=_BLOCK_RAM)
             m.submodules[f"order{lane}"] = order
             m.submodules[f"lists{lane}"] = lists
             order_w.append(order.write_port())
@@ -185,7 +187,6 @@ class TopKEngine(wiring.Component):
         x_valid = [Signal(name=f"x_valid{lane}") for lane in range(p)]
         x_row = [Signal(row_shape, name=f"x_row{lane}") for lane in range(p)]
         x_key = [Signal(key_shape, name=f"x_key{lane}") for lane in range(p)]
-        x_load = Signal()                            # x holds load data (for the range tracking)
 
         # Load path: chunk of the input beat -> s0 (written to the input bank) -> s1 -> x.
         load_fire = Signal()
@@ -256,21 +257,8 @@ class TopKEngine(wiring.Component):
                 x_row[lane].eq(Mux(s1_valid[lane], s1_row, b_row[lane])),
                 x_key[lane].eq(Mux(s1_valid[lane], s1_key[lane], order_r[lane].data)),
             ]
-        m.d.sync += x_load.eq(Cat(*s1_valid).any())
 
-        # Range of the whole input, per lane as it loads, then over lanes by a pipelined tree.
-        lane_min = [Signal(key_shape, name=f"lane_min{lane}", init=key_max) for lane in range(p)]
-        lane_max = [Signal(key_shape, name=f"lane_max{lane}") for lane in range(p)]
-        for lane in range(p):
-            with m.If(x_load & x_valid[lane]):
-                with m.If(x_key[lane] < lane_min[lane]):
-                    m.d.sync += lane_min[lane].eq(x_key[lane])
-                with m.If(x_key[lane] > lane_max[lane]):
-                    m.d.sync += lane_max[lane].eq(x_key[lane])
-        load_min, min_latency = pipelined_reduce(m, lane_min, lambda a, b: a < b, "load_min")
-        load_max, _ = pipelined_reduce(m, lane_max, lambda a, b: a > b, "load_max")
-
-        # ---- Filing: x -> y (bucket) -> list write, z (suffix flags) -> part (popcount) -> sums. ----
+        # ---- Filing: x -> y (bucket) -> list write, and part (popcount per bucket) -> sums. ----
         y_valid = [Signal(name=f"y_valid{lane}") for lane in range(p)]
         y_row = [Signal(row_shape, name=f"y_row{lane}") for lane in range(p)]
         y_bucket = [Signal(bucket_shape, name=f"y_bucket{lane}") for lane in range(p)]
@@ -281,41 +269,44 @@ class TopKEngine(wiring.Component):
                 y_valid[lane].eq(x_valid[lane]), y_row[lane].eq(x_row[lane]),
                 y_bucket[lane].eq(Mux(top < win_base, 0, Mux(top > win_base, buckets - 1, inside))),
             ]
-        fill = [[Signal(fill_shape, name=f"fill{lane}_{b}") for b in range(buckets)] for lane in range(p)]
+        # Next free slot of every bucket list of a lane: LUT RAM, with a valid bit per bucket so
+        # that a new level starts with every list empty in one cycle.
         clear_fill = Signal()
+        choosing = Signal()                          # the decision reads the chosen bucket's fills
+        chosen = Signal(bucket_shape)
         dst_set = ~src_set
+        fill_of = []                                 # per lane: entries in bucket y (or chosen)
         for lane in range(p):
-            slot = 0
-            for b in range(buckets):
-                slot = Mux(y_bucket[lane] == b, fill[lane][b], slot)
-            slot = wire(m, slot, f"slot{lane}", fill_shape)
-            m.d.comb += [lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
+            fills = memory.Memory(shape=fill_shape, depth=buckets, init=[])
+            m.submodules[f"fills{lane}"] = fills
+            fill_w, fill_r = fills.write_port(), fills.read_port(domain="comb")
+            used = Signal(buckets, name=f"fill_used{lane}")
+            bucket = wire(m, Mux(choosing, chosen, y_bucket[lane]), f"fill_bucket{lane}", bucket_shape)
+            m.d.comb += fill_r.addr.eq(bucket)
+            slot = wire(m, Mux(used.bit_select(bucket, 1), fill_r.data, 0), f"slot{lane}", fill_shape)
+            fill_of.append(slot)
+            m.d.comb += [fill_w.addr.eq(y_bucket[lane]), fill_w.data.eq(slot + 1), fill_w.en.eq(y_valid[lane]),
+                         lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
                          lists_w[lane].data.eq(y_row[lane]), lists_w[lane].en.eq(y_valid[lane])]
-            for b in range(buckets):
-                with m.If(clear_fill):
-                    m.d.sync += fill[lane][b].eq(0)
-                with m.Elif(y_valid[lane] & (y_bucket[lane] == b)):
-                    m.d.sync += fill[lane][b].eq(fill[lane][b] + 1)
-        z_ge = [[Signal(name=f"z_ge{lane}_{b}") for b in range(buckets)] for lane in range(p)]
-        for lane in range(p):
-            for b in range(buckets):
-                m.d.sync += z_ge[lane][b].eq(y_valid[lane] & (y_bucket[lane] >= b))
+            with m.If(clear_fill):
+                m.d.sync += used.eq(0)
+            with m.Elif(y_valid[lane]):
+                m.d.sync += used.eq(used | (1 << y_bucket[lane]))
+        # Bucket counts as suffix sums (this bucket or above), one popcount over lanes per bucket.
         part = [Signal(range(p + 1), name=f"part{b}") for b in range(buckets)]
         suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
         for b in range(buckets):
-            m.d.sync += part[b].eq(popcount(m, [z_ge[lane][b] for lane in range(p)], f"part{b}"))
+            at_or_above = [y_valid[lane] & (y_bucket[lane] >= b if b else 1) for lane in range(p)]
+            m.d.sync += part[b].eq(popcount(m, at_or_above, f"part{b}"))
             with m.If(clear_fill):
                 m.d.sync += suffix[b].eq(0)
             with m.Else():
                 m.d.sync += suffix[b].eq(suffix[b] + part[b])
-        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *x_valid, *y_valid,
-                       *(flag for row in z_ge for flag in row)]
+        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *x_valid, *y_valid]
         filing = wire(m, Cat(*pipe_stages).any() | Cat(*(part[b] != 0 for b in range(buckets))).any(),
                       "filing")
-        settle = Signal(range(max(min_latency, 1) + 2))
 
         # ---- Decision over the bucket sums, five registered steps. ----
-        chosen = Signal(bucket_shape)
         sum_at = Signal(count_shape)
         sum_above = Signal(count_shape)
         bucket_lo = Signal(key_shape)
@@ -397,8 +388,6 @@ class TopKEngine(wiring.Component):
                         src_set.eq(1),                      # so the load files into set 0
                         win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
                     ]
-                    m.d.sync += [reg.eq(key_max) for reg in lane_min]
-                    m.d.sync += [reg.eq(0) for reg in lane_max]
                     with m.If((n == 0) | (kept == 0)):
                         m.next = "EMPTY"
                     with m.Else():
@@ -418,18 +407,16 @@ class TopKEngine(wiring.Component):
                         chunk.eq(Mux(self.scores.ready, 0, chunk + 1)),
                     ]
                     with m.If(final_chunk):
-                        m.d.sync += [in_last.eq(load_left), settle.eq(min_latency + 1)]
+                        m.d.sync += in_last.eq(load_left)
                         m.next = "LOAD_SETTLE"
 
             with m.State("LOAD_SETTLE"):
                 # Row 0's window may still be on its way when the load is one row long.
                 with m.If(s1_first):
                     m.d.sync += new_window
-                with m.If(~filing & (settle == 0)):
-                    m.d.sync += [set_lo.eq(load_min), set_hi.eq(load_max)]
+                with m.If(~filing):
+                    m.d.sync += [set_lo.eq(0), set_hi.eq(key_max)]
                     m.next = "CHOOSE"
-                with m.Elif(settle != 0):
-                    m.d.sync += settle.eq(settle - 1)
 
             with m.State("ROUND"):
                 with m.If(rd_slot != rd_rows):
@@ -462,11 +449,8 @@ class TopKEngine(wiring.Component):
                     bucket_hi.eq(Mux(chosen == buckets - 1, key_max,
                                      low | ((Const(1, key_shape) << win_shift) - 1)[:width])),
                 ]
-                for lane in range(p):
-                    this = fill[lane][0]
-                    for b in range(1, buckets):
-                        this = Mux(chosen == b, fill[lane][b], this)
-                    m.d.sync += next_fill[lane].eq(this)
+                m.d.comb += choosing.eq(1)
+                m.d.sync += [reg.eq(fill) for reg, fill in zip(next_fill, fill_of)]
                 m.next = "NARROW"
 
             with m.State("NARROW"):
