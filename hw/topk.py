@@ -19,9 +19,9 @@ _BLOCK_RAM = {"ram_style": "block"}
 _OUT_DEPTH = 8
 # Cycles between the last input of a level and its bucket counts, and of the decision after it.
 _LOAD_LATENCY = 6
-_ROUND_LATENCY = 6
+_ROUND_LATENCY = 7
 _DECIDE_CYCLES = 5
-_EMIT_LATENCY = 7
+_EMIT_LATENCY = 8
 
 
 def topk_command_layout(cfg: AccelConfig):
@@ -236,25 +236,29 @@ class TopKEngine(wiring.Component):
         new_window = [win_shift.eq(Mux(differing > radix, differing - radix, 0)),
                       win_mask.eq(high_bits), win_base.eq(window_low & high_bits)]
 
-        # Round path: list slot -> (lists bank) row -> (input bank) key -> x.
+        # Round path: list slot -> (lists bank) row -> register -> (input bank) key -> x. Block-RAM
+        # outputs are slow (5.8 ns on the ECP5), so each goes into a register first.
         rd_slot = Signal(fill_shape)
         rd_rows = Signal(fill_shape)
         round_issue = Signal()
         a_valid = [Signal(name=f"a_valid{lane}") for lane in range(p)]
         b_valid = [Signal(name=f"b_valid{lane}") for lane in range(p)]
         b_row = [Signal(row_shape, name=f"b_row{lane}") for lane in range(p)]
+        c_valid = [Signal(name=f"c_valid{lane}") for lane in range(p)]
+        c_row = [Signal(row_shape, name=f"c_row{lane}") for lane in range(p)]
         emit_issue = Signal()
         emit_row = Signal(fill_shape)
         for lane in range(p):
             m.d.comb += [
                 lists_r[lane].addr.eq(Cat(rd_slot[:row_bits], src_bucket, src_set)),
-                order_r[lane].addr.eq(Mux(emit_issue, emit_row[:row_bits], lists_r[lane].data)),
+                order_r[lane].addr.eq(Mux(emit_issue, emit_row[:row_bits], b_row[lane])),
             ]
             m.d.sync += [
                 a_valid[lane].eq(round_issue & (rd_slot < src_fill[lane])),
                 b_valid[lane].eq(a_valid[lane]), b_row[lane].eq(lists_r[lane].data),
-                x_valid[lane].eq(s1_valid[lane] | b_valid[lane]),
-                x_row[lane].eq(Mux(s1_valid[lane], s1_row, b_row[lane])),
+                c_valid[lane].eq(b_valid[lane]), c_row[lane].eq(b_row[lane]),
+                x_valid[lane].eq(s1_valid[lane] | c_valid[lane]),
+                x_row[lane].eq(Mux(s1_valid[lane], s1_row, c_row[lane])),
                 x_key[lane].eq(Mux(s1_valid[lane], s1_key[lane], order_r[lane].data)),
             ]
 
@@ -263,11 +267,14 @@ class TopKEngine(wiring.Component):
         y_row = [Signal(row_shape, name=f"y_row{lane}") for lane in range(p)]
         y_bucket = [Signal(bucket_shape, name=f"y_bucket{lane}") for lane in range(p)]
         for lane in range(p):
-            top = wire(m, x_key[lane] & win_mask, f"x_top{lane}", key_shape)
-            inside = wire(m, (x_key[lane] >> win_shift)[:radix], f"x_inside{lane}", bucket_shape)
+            # A key outside the window differs from win_base above it, so it is below the window
+            # exactly when it is below win_base: one comparator and one equality per lane.
+            inside = wire(m, ((x_key[lane] ^ win_base) & win_mask) == 0, f"x_inside{lane}")
+            below = wire(m, x_key[lane] < win_base, f"x_below{lane}")
+            digit = wire(m, (x_key[lane] >> win_shift)[:radix], f"x_digit{lane}", bucket_shape)
             m.d.sync += [
                 y_valid[lane].eq(x_valid[lane]), y_row[lane].eq(x_row[lane]),
-                y_bucket[lane].eq(Mux(top < win_base, 0, Mux(top > win_base, buckets - 1, inside))),
+                y_bucket[lane].eq(Mux(inside, digit, Mux(below, 0, buckets - 1))),
             ]
         # Next free slot of every bucket list of a lane: LUT RAM, with a valid bit per bucket so
         # that a new level starts with every list empty in one cycle.
@@ -302,7 +309,7 @@ class TopKEngine(wiring.Component):
                 m.d.sync += suffix[b].eq(0)
             with m.Else():
                 m.d.sync += suffix[b].eq(suffix[b] + part[b])
-        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *x_valid, *y_valid]
+        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *c_valid, *x_valid, *y_valid]
         filing = wire(m, Cat(*pipe_stages).any() | Cat(*(part[b] != 0 for b in range(buckets))).any(),
                       "filing")
 
@@ -319,8 +326,10 @@ class TopKEngine(wiring.Component):
         # Outcome of selection, for the emit pass.
         kth = Signal(key_shape)
         eq_left = Signal(count_shape)                # keys equal to kth still to keep, earliest first
+        eq_room = Signal(range(p + 1))               # the same, at most P: what one row can use
 
-        # ---- Emission: E1 (key) -> E2 (compare) -> E3 (tie ranks) -> E4 (keep) -> E5 (pack). ----
+        # ---- Emission: E1 (bank) -> key register -> E2 (compare) -> E3 (tie ranks) -> E4 (keep) ->
+        # E5 (pack) -> output FIFO. ----
         layout = topk_indices_layout(cfg)
         lane_shape = unsigned(bits_for(p))
         index_shape = unsigned(cfg.index_bits)
@@ -330,18 +339,21 @@ class TopKEngine(wiring.Component):
                      self.indices.payload.eq(out_fifo.r_data), self.indices.valid.eq(out_fifo.r_rdy),
                      out_fifo.r_en.eq(self.indices.ready)]
         # A row is issued only while the FIFO has room for a beat from every row in flight.
-        emit_stages = 5
+        emit_stages = 6
         room = wire(m, out_fifo.level < _OUT_DEPTH - emit_stages, "emit_room")
         issuing = wire(m, emit_issue & (emit_row != in_rows) & room, "emit_issuing")
         e_valid = [Signal(name=f"e{stage + 1}_valid") for stage in range(emit_stages)]
-        e1_row, e2_row, e3_row = (Signal(fill_shape, name=f"e{stage}_row") for stage in (1, 2, 3))
-        m.d.sync += [e_valid[0].eq(issuing), e1_row.eq(emit_row), e2_row.eq(e1_row), e3_row.eq(e2_row)]
+        e_row = [Signal(fill_shape, name=f"e{stage + 1}_row") for stage in range(4)]
+        m.d.sync += [e_valid[0].eq(issuing), e_row[0].eq(emit_row)]
         m.d.sync += [later.eq(earlier) for earlier, later in zip(e_valid, e_valid[1:])]
+        m.d.sync += [later.eq(earlier) for earlier, later in zip(e_row, e_row[1:])]
+        e1_key = [Signal(key_shape, name=f"e1_key{lane}") for lane in range(p)]
+        m.d.sync += [reg.eq(port.data) for reg, port in zip(e1_key, order_r)]
         e2_gt = [Signal(name=f"e2_gt{lane}") for lane in range(p)]
         e2_eq = [Signal(name=f"e2_eq{lane}") for lane in range(p)]
         for lane in range(p):
-            key = order_r[lane].data
-            present = e_valid[0] & lane_valid(e1_row, in_rows, in_last, lane)
+            key = e1_key[lane]
+            present = e_valid[1] & lane_valid(e_row[1], in_rows, in_last, lane)
             m.d.sync += [e2_gt[lane].eq(present & (key > kth)), e2_eq[lane].eq(present & (key == kth))]
         e3_gt = [Signal(name=f"e3_gt{lane}") for lane in range(p)]
         e3_eq = [Signal(name=f"e3_eq{lane}") for lane in range(p)]
@@ -352,14 +364,16 @@ class TopKEngine(wiring.Component):
         for lane in range(p):
             m.d.sync += [e3_gt[lane].eq(e2_gt[lane]), e3_eq[lane].eq(e2_eq[lane]),
                          e3_eq_rank[lane].eq(eq_ranks[lane])]
-        eq_seen = Signal(count_shape)                # keys equal to kth in the rows before E3's
         e4_base = Signal(unsigned(cfg.index_bits + bits_for(p)))
         e4_keep = [Signal(name=f"e4_keep{lane}") for lane in range(p)]
-        m.d.sync += e4_base.eq(e3_row * p)
-        with m.If(e_valid[2]):
-            m.d.sync += eq_seen.eq(eq_seen + e3_eq_count)
+        m.d.sync += e4_base.eq(e_row[3] * p)
+        # eq_left counts down as rows pass E3, and eq_room follows it capped at P, so each lane
+        # compares its small rank with a small number.
+        eq_left_next = wire(m, Mux(e_valid[3], Mux(e3_eq_count > eq_left, 0, eq_left - e3_eq_count), eq_left),
+                            "eq_left_next", count_shape)
+        m.d.sync += [eq_left.eq(eq_left_next), eq_room.eq(Mux(eq_left_next > p, p, eq_left_next))]
         for lane in range(p):
-            m.d.sync += e4_keep[lane].eq(e3_gt[lane] | (e3_eq[lane] & (eq_seen + e3_eq_rank[lane] < eq_left)))
+            m.d.sync += e4_keep[lane].eq(e3_gt[lane] | (e3_eq[lane] & (e3_eq_rank[lane] < eq_room)))
         e5_keep = [Signal(name=f"e5_keep{lane}") for lane in range(p)]
         e5_rank = [Signal(lane_shape, name=f"e5_rank{lane}") for lane in range(p)]
         e5_index = [Signal(index_shape, name=f"e5_index{lane}") for lane in range(p)]
@@ -384,7 +398,7 @@ class TopKEngine(wiring.Component):
                     m.d.sync += [
                         k_total.eq(kept), rank.eq(kept),
                         load_left.eq(n), chunk.eq(0), in_rows.eq(0), first_row.eq(1),
-                        emit_row.eq(0), emitted.eq(0), eq_seen.eq(0),
+                        emit_row.eq(0), emitted.eq(0),
                         src_set.eq(1),                      # so the load files into set 0
                         win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
                     ]
@@ -470,10 +484,10 @@ class TopKEngine(wiring.Component):
             with m.State("NEXT"):
                 with m.If(members == rank):
                     # Every key of the set is kept, so is every key equal to its lowest.
-                    m.d.sync += [kth.eq(set_lo), eq_left.eq(members)]
+                    m.d.sync += [kth.eq(set_lo), eq_left.eq(members), eq_room.eq(Mux(members > p, p, members))]
                     m.next = "EMIT"
                 with m.Elif(range_smear == 0):
-                    m.d.sync += [kth.eq(set_lo), eq_left.eq(rank)]
+                    m.d.sync += [kth.eq(set_lo), eq_left.eq(rank), eq_room.eq(Mux(rank > p, p, rank))]
                     m.next = "EMIT"
                 with m.Else():
                     m.d.sync += new_window

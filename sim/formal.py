@@ -29,7 +29,7 @@ from pathlib import Path
 
 from amaranth.asserts import AnySeq, Initial
 from amaranth.back import rtlil
-from amaranth.hdl import Assert, Assume, ClockDomain, Cover, Elaboratable, Module, Signal, Value
+from amaranth.hdl import Assert, Assume, Cat, ClockDomain, Cover, Elaboratable, Module, Signal, Value
 from amaranth.lib import stream
 from amaranth.lib.wiring import Flow
 
@@ -66,24 +66,33 @@ def stream_ports(component):
 def _stream_contract(m, port, check, past_ok, prefix):
     """``check(...)`` (Assert or Assume) of the stream contract on ``port``, using registers for the
     previous cycle (Amaranth 0.5 has no ``Past``)."""
-    payload = Value.cast(port.payload)
+    _handshake_contract(m, port.valid, port.ready, port.payload, check, past_ok, prefix)
+
+
+def _handshake_contract(m, valid, ready, payload, check, past_ok, prefix):
+    """The stream contract on any ``valid``/``ready`` pair and its ``payload`` (a value, or a list
+    of values: e.g. an AXI channel's address, length, size and burst signals)."""
+    if isinstance(payload, (list, tuple)):
+        payload = Cat(*payload)
+    payload = Value.cast(payload)
     prev_valid = Signal(name=f"{prefix}_prev_valid", reset_less=True)
     prev_ready = Signal(name=f"{prefix}_prev_ready", reset_less=True)
     prev_payload = Signal(len(payload), name=f"{prefix}_prev_payload", reset_less=True)
-    m.d.sync += [prev_valid.eq(port.valid), prev_ready.eq(port.ready), prev_payload.eq(payload)]
+    m.d.sync += [prev_valid.eq(valid), prev_ready.eq(ready), prev_payload.eq(payload)]
     held = past_ok & prev_valid & ~prev_ready
-    stmts = [check(~held | port.valid, f"{prefix}: valid dropped before ready")]
+    stmts = [check(~held | valid, f"{prefix}: valid dropped before ready")]
     if len(payload):
         stmts.append(check(~held | (payload == prev_payload), f"{prefix}: payload changed before ready"))
     m.d.comb += stmts
 
 
 class _Harness(Elaboratable):
-    def __init__(self, dut, assume=None, assert_=None, cover=None, contracts=True):
+    def __init__(self, dut, assume=None, assert_=None, cover=None, contracts=True, handshakes=None,
+                 monitor=None):
         if contracts not in (True, False, "inputs"):
             raise ValueError(f"contracts must be True, False or 'inputs', not {contracts!r}")
         self.dut, self.assume, self.assert_, self.cover = dut, assume, assert_, cover
-        self.contracts = contracts
+        self.contracts, self.handshakes, self.monitor = contracts, handshakes, monitor
         self.streams = stream_ports(dut)
         # The clock must be a port of the top: an undriven signal is a constant in Amaranth 0.5.
         self.sync = ClockDomain("sync")
@@ -115,7 +124,25 @@ class _Harness(Elaboratable):
                 _stream_contract(m, port, Assume, past_ok, prefix)
             elif flow == Flow.Out and self.contracts is True:
                 _stream_contract(m, port, Assert, past_ok, prefix)
+        if self.handshakes is not None:
+            for name, flow, valid, ready, payload in self.handshakes(dut):
+                prefix = name.replace(".", "_")
+                if flow == Flow.Out:
+                    m.d.comb += [Cover(past_ok & valid & ~ready, f"{name}: stalled beat"),
+                                 Cover(past_ok & valid & ready, f"{name}: beat taken")]
+                    if self.contracts is True:
+                        _handshake_contract(m, valid, ready, payload, Assert, past_ok, prefix)
+                elif self.contracts:
+                    _handshake_contract(m, valid, ready, payload, Assume, past_ok, prefix)
         not_in_reset = ~cd.rst
+        if self.monitor is not None:
+            # Auxiliary state of the harness (counters, run flags) watching the ports only.
+            kinds = {"assume": Assume, "assert": Assert, "cover": Cover}
+            for kind, cond, msg in self.monitor(m, dut):
+                if kind == "cover":
+                    m.d.comb += Cover(not_in_reset & cond, msg)
+                else:
+                    m.d.comb += kinds[kind](~not_in_reset | cond, msg)
         if self.cover is not None:
             m.d.comb += [Cover(not_in_reset & cond, msg) for cond, msg in _pairs(self.cover(dut))]
         if self.assume is not None:
@@ -130,7 +157,8 @@ def _pairs(items):
         yield item if isinstance(item, tuple) else (item, None)
 
 
-def harness(dut, *, assume=None, assert_=None, cover=None, contracts=True):
+def harness(dut, *, assume=None, assert_=None, cover=None, contracts=True, handshakes=None,
+            monitor=None):
     """The formal testbench of ``dut``: an elaboratable with no ports.
 
     ``assume(dut)`` / ``assert_(dut)`` return conditions (or ``(condition, message)`` pairs) that are
@@ -138,8 +166,20 @@ def harness(dut, *, assume=None, assert_=None, cover=None, contracts=True):
     True assumes them of the inputs and asserts them of the outputs, ``"inputs"`` only assumes them,
     False leaves the inputs entirely free). ``cover(dut)`` adds cover goals to the built-in ones
     (every output stream stalls, and has a beat taken).
+
+    ``handshakes(dut)`` names valid/ready channels that are not :mod:`amaranth.lib.stream` ports
+    (AXI channels): ``(name, flow, valid, ready, payload)`` with ``payload`` a value or a list of
+    values; the stream contract is assumed of ``Flow.In`` channels and asserted (with the same
+    covers) of ``Flow.Out`` ones, as ``contracts`` says.
+
+    ``monitor(m, dut)`` may add auxiliary state to the harness module ``m`` (counters of beats, a
+    run's open/closed flag: watching the DUT's ports only) and returns ``(kind, condition,
+    message)`` triples, ``kind`` one of ``"assume"``, ``"assert"``, ``"cover"``, checked in every
+    cycle after reset. Reset is high in the first cycle, so the monitor's registers start at their
+    ``init`` values.
     """
-    return _Harness(dut, assume=assume, assert_=assert_, cover=cover, contracts=contracts)
+    return _Harness(dut, assume=assume, assert_=assert_, cover=cover, contracts=contracts,
+                    handshakes=handshakes, monitor=monitor)
 
 
 @dataclass

@@ -5,9 +5,20 @@
 * :data:`PASSAGES`: longer texts, from a few dozen to about 250 tokens, so that sequence lengths
   span the ``minilm`` preset's ``max_tokens``.
 * :data:`CALIBRATION`: sentences used only to calibrate ViTCoD's static masks, never evaluated.
+
+The tests and benches index into these. ``spattn eval`` uses two other sets, stored as package
+data in ``data/`` and read with :func:`load_eval_set`: ``calibration``, on which operating points
+and static masks are chosen, and ``test``, on which every reported figure is measured. Each holds
+sentences, passages of 60 to 250 tokens and retrieval groups: a query, its paraphrase and hard
+negatives that share many of its words but not its meaning.
 """
 
-__all__ = ["PARAPHRASES", "PASSAGES", "CALIBRATION", "paraphrase_sentences", "eval_sentences"]
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = ["PARAPHRASES", "PASSAGES", "CALIBRATION", "paraphrase_sentences", "eval_sentences",
+           "EVAL_SETS", "RetrievalGroup", "EvalSet", "load_eval_set"]
 
 PARAPHRASES = (
     ("A man is playing a guitar on the street.", "Someone is strumming a guitar outside on the sidewalk."),
@@ -115,3 +126,62 @@ def paraphrase_sentences():
 def eval_sentences():
     """Every evaluated sentence: the paraphrase set first, then the passages."""
     return paraphrase_sentences() + PASSAGES
+
+
+#: The evaluation sets shipped in ``data/`` (``<name>.json``).
+EVAL_SETS = ("calibration", "test")
+
+
+@dataclass(frozen=True)
+class RetrievalGroup:
+    """A query, the sentence that means the same, and sentences that share its words but not its meaning."""
+    query: str
+    paraphrase: str
+    negatives: tuple
+
+    @property
+    def candidates(self) -> tuple:
+        """The paraphrase first, then the negatives."""
+        return (self.paraphrase,) + self.negatives
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set; :attr:`texts` orders all its texts: sentences, passages, then per
+    retrieval group the query, the paraphrase and the negatives."""
+    name: str
+    sentences: tuple
+    passages: tuple
+    retrieval: tuple  # of RetrievalGroup
+
+    @property
+    def texts(self) -> tuple:
+        groups = tuple(t for g in self.retrieval for t in (g.query,) + g.candidates)
+        return self.sentences + self.passages + groups
+
+    def retrieval_positions(self):
+        """Positions in :attr:`texts` of the queries, of all candidates (every group's), and, per
+        query, the index into the candidates of its paraphrase."""
+        queries, candidates, answers = [], [], []
+        position = len(self.sentences) + len(self.passages)
+        for group in self.retrieval:
+            queries.append(position)
+            answers.append(len(candidates))
+            candidates += range(position + 1, position + 1 + len(group.candidates))
+            position += 1 + len(group.candidates)
+        return queries, candidates, answers
+
+    def subset(self, sentences: int, passages: int, groups: int) -> "EvalSet":
+        """The first ``sentences`` sentences, ``passages`` passages and ``groups`` retrieval groups."""
+        return EvalSet(self.name, self.sentences[:sentences], self.passages[:passages],
+                       self.retrieval[:groups])
+
+
+def load_eval_set(name: str) -> EvalSet:
+    """The evaluation set ``name`` (one of :data:`EVAL_SETS`) from the package's ``data/<name>.json``."""
+    if name not in EVAL_SETS:
+        raise ValueError(f"evaluation set must be one of {', '.join(EVAL_SETS)}, not {name!r}")
+    data = json.loads((resources.files(__package__) / "data" / f"{name}.json").read_text())
+    groups = tuple(RetrievalGroup(g["query"], g["paraphrase"], tuple(g["negatives"]))
+                   for g in data["retrieval"])
+    return EvalSet(name, tuple(data["sentences"]), tuple(data["passages"]), groups)

@@ -22,6 +22,9 @@ at once.
    always kept, since it carries the sequence summary; [SEP] gets no special treatment. The
    integer arithmetic counts with the controller's fixed-point ratios (:func:`.pruning.survivors`).
 
+The accelerator takes the recompute threshold, value keep and DynaTran threshold per layer (its
+per-layer registers): ``layer_cfgs`` may give each layer its own; with none, every layer uses ``cfg``'s.
+
 The sentence embedding mean-pools the tokens alive in the last layer (the survivors: the output
 the accelerator produces). Pooling the pruned tokens' frozen hidden states as well was measured to
 be worse (cosine 0.89 against 0.99 on an 18-token sentence at keep 0.9 per layer, 0.83 against
@@ -29,7 +32,7 @@ be worse (cosine 0.89 against 0.99 on an 18-token sentence at keep 0.9 per layer
 defaults this is the dense model: exactly, in float arithmetic.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -43,7 +46,7 @@ from .minilm import MiniLM
 from .pruning import schedule_at, survivors
 from .traffic import Traffic, dense_traffic
 
-__all__ = ["LayerStats", "SentenceResult", "run_sentence", "check_model_fits"]
+__all__ = ["LayerStats", "SentenceResult", "LAYER_FIELDS", "run_sentence", "check_model_fits"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,12 @@ class LayerStats:
     rows: int              # query rows computed (alive heads x alive tokens)
     recomputed: int        # rows recomputed at full precision (progressive quantization)
     zeros: int             # Q/K/V values that are zero after DynaTran
+    dynatran_zeroed: int   # of those, values DynaTran zeroed (non-zero before it)
     values: int            # Q/K/V values of the alive heads and tokens
     mask_nonzeros: int     # attention entries the static mask keeps (all entries without a mask)
     dense_nonzeros: int    # of those, entries in key columns routed to the dense engine
+    recomputed_entries: int  # attention entries (present keys) of the recomputed rows
+    values_used: int       # V rows used in P·V, over all alive heads' query rows (local value pruning)
     traffic: Traffic
     dense: Traffic         # the dense baseline of this layer
 
@@ -89,20 +95,43 @@ def _layer_traffic(cfg, rows):
                       for (tensor, plane), fetched in rows.items()})
 
 
+def _zeros(*planes):
+    """Zero values among the full values of ``(msb_only, full)`` plane pairs."""
+    return sum(int((full == 0).sum()) for _, full in planes)
+
+
 def _split_stats(cfg, present):
     """ViTCoD's split: key columns whose mask density exceeds the threshold go to the dense engine."""
     dense_cols = present.float().mean(dim=1) > cfg.static_dense_threshold
     return int(present.sum()), int((present & dense_cols.unsqueeze(1)).sum())
 
 
-def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> SentenceResult:
+#: The fields of the config a layer may set for itself (the accelerator's per-layer registers).
+LAYER_FIELDS = ("recompute_threshold", "value_keep", "dynatran_threshold")
+
+
+def _check_layer_cfgs(cfg, layer_cfgs):
+    if len(layer_cfgs) != cfg.layers:
+        raise ConfigError(f"layer_cfgs must hold layers = {cfg.layers} configs, not {len(layer_cfgs)}")
+    for layer, lc in enumerate(layer_cfgs):
+        others = [f.name for f in fields(cfg) if f.name not in LAYER_FIELDS
+                  and getattr(lc, f.name) != getattr(cfg, f.name)]
+        if others:
+            raise ConfigError(f"layer_cfgs[{layer}] may differ from cfg only in {', '.join(LAYER_FIELDS)}, "
+                              f"not in {', '.join(others)}")
+
+
+def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None, layer_cfgs=None) -> SentenceResult:
     """Embed one tokenised sentence with every technique the config switches on.
 
     ``arith`` is ``"int"`` (the hardware's bit-exact attention core) or ``"float"``. ``masks``
     (bool ``(layers, heads, max_tokens, max_tokens)``, from :func:`.masks.calibrate_masks`) is
-    required when ``static_mask_density < 1`` and ignored otherwise.
+    required when ``static_mask_density < 1`` and ignored otherwise. ``layer_cfgs`` (one config per
+    layer, differing from ``cfg`` only in :data:`LAYER_FIELDS`) sets those fields layer by layer.
     """
     check_model_fits(model, cfg)
+    if layer_cfgs is not None:
+        _check_layer_cfgs(cfg, layer_cfgs)
     if len(ids) > cfg.max_tokens:
         raise ConfigError(f"sentence length must be at most max_tokens = {cfg.max_tokens}, not {len(ids)}")
     if cfg.static_mask_density < 1 and masks is None:
@@ -116,18 +145,20 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
     head_importance = torch.zeros(cfg.heads, dtype=importance_dtype)
     stats = []
     for layer in range(cfg.layers):
+        lc = cfg if layer_cfgs is None else layer_cfgs[layer]
         pooled = alive
         x = state[alive]
         q, k, v = (ar.planes(t[heads]) for t in project_qkv(model, layer, x))
-        if cfg.dynatran_threshold > 0:
-            q, k, v = (tuple(ar.zero_small(p, cfg.dynatran_threshold) for p in t) for t in (q, k, v))
+        zeros_before = _zeros(q, k, v)
+        if lc.dynatran_threshold > 0:
+            q, k, v = (tuple(ar.zero_small(p, lc.dynatran_threshold) for p in t) for t in (q, k, v))
         mask = None
         if cfg.static_mask_density < 1:
             mask = masks[layer][heads][:, alive][:, :, alive]
         present = torch.ones(len(heads), len(alive), len(alive), dtype=torch.bool) if mask is None else mask
 
-        threshold = None if cfg.recompute_threshold is None else ar.prob_threshold(cfg.recompute_threshold)
-        probs, out, redo, kept = attend(ar, q, k, v, mask, threshold, value_keep_int(cfg.value_keep))
+        threshold = None if lc.recompute_threshold is None else ar.prob_threshold(lc.recompute_threshold)
+        probs, out, redo, kept = attend(ar, q, k, v, mask, threshold, value_keep_int(lc.value_keep))
 
         token_importance[alive] += probs.sum(dim=(0, 1)).to(importance_dtype)
         head_importance[heads] += out.abs().sum(dim=(1, 2)).to(importance_dtype)
@@ -136,12 +167,16 @@ def run_sentence(model: MiniLM, cfg, ids, arith: str = "int", masks=None) -> Sen
         state[alive] = finish_layer(model, layer, x, context)
 
         mask_nnz, dense_nnz = _split_stats(cfg, present)
+        zeros = _zeros(q, k, v)
         stats.append(LayerStats(
             alive_tokens=tuple(alive.tolist()), alive_heads=tuple(heads.tolist()),
             rows=len(heads) * len(alive),
-            recomputed=int(redo.sum()) if cfg.recompute_threshold is not None else 0,
-            zeros=sum(int((t[1] == 0).sum()) for t in (q, k, v)), values=3 * q[1].numel(),
+            recomputed=int(redo.sum()) if lc.recompute_threshold is not None else 0,
+            zeros=zeros, values=3 * q[1].numel(), dynatran_zeroed=zeros - zeros_before,
             mask_nonzeros=mask_nnz, dense_nonzeros=dense_nnz,
+            recomputed_entries=int((present.sum(dim=-1) * redo).sum()) if lc.recompute_threshold is not None
+            else 0,
+            values_used=int(kept.sum()),
             traffic=_layer_traffic(cfg, fetched_rows(present, kept, redo)),
             dense=dense_traffic(len(ids), cfg.heads, cfg.head_dim, cfg.act_bits)))
 
