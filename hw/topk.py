@@ -278,7 +278,8 @@ class TopKEngine(wiring.Component):
             ]
         # Next free slot of every bucket list of a lane: LUT RAM, with a valid bit per bucket so
         # that a new level starts with every list empty in one cycle.
-        clear_fill = Signal()
+        clear_fill = Signal()                        # a registered pulse: fan-out to every list
+        m.d.sync += clear_fill.eq(0)
         choosing = Signal()                          # the decision reads the chosen bucket's fills
         chosen = Signal(bucket_shape)
         dst_set = ~src_set
@@ -319,6 +320,9 @@ class TopKEngine(wiring.Component):
         bucket_lo = Signal(key_shape)
         bucket_hi = Signal(key_shape)
         members = Signal(count_shape)
+        known = Signal()                             # the k-th key is the set's lowest
+        tie_count = Signal(count_shape)
+        tie_room = Signal(range(p + 1))
         next_fill = [Signal(fill_shape, name=f"next_fill{lane}") for lane in range(p)]
         next_rows, rows_latency = pipelined_reduce(m, next_fill, lambda a, b: a > b, "next_rows")
         assert rows_latency <= 2, "the decision has two cycles for the longest list"
@@ -394,8 +398,8 @@ class TopKEngine(wiring.Component):
                 with m.If(self.cmd.valid):
                     n, k = self.cmd.payload.n, self.cmd.payload.k
                     kept = Mux(k > n, n, k)
-                    m.d.comb += clear_fill.eq(1)
                     m.d.sync += [
+                        clear_fill.eq(1),
                         k_total.eq(kept), rank.eq(kept),
                         load_left.eq(n), chunk.eq(0), in_rows.eq(0), first_row.eq(1),
                         emit_row.eq(0), emitted.eq(0),
@@ -477,21 +481,24 @@ class TopKEngine(wiring.Component):
                 m.next = "SPREAD"
 
             with m.State("SPREAD"):
-                m.d.sync += range_smear.eq(_smear(m, wire(m, set_lo ^ set_hi, "range_diff", key_shape),
-                                                  "range"))
+                # The k-th key is known when every key of the set is kept (then so is every key
+                # equal to its lowest) or when the set holds one value (then the rank-th equal ones).
+                all_kept = members == rank
+                ties = Mux(all_kept, members, rank)
+                m.d.sync += [
+                    range_smear.eq(_smear(m, wire(m, set_lo ^ set_hi, "range_diff", key_shape), "range")),
+                    known.eq(all_kept | (set_lo == set_hi)),
+                    tie_count.eq(ties), tie_room.eq(Mux(ties > p, p, ties)),
+                ]
                 m.next = "NEXT"
 
             with m.State("NEXT"):
-                with m.If(members == rank):
-                    # Every key of the set is kept, so is every key equal to its lowest.
-                    m.d.sync += [kth.eq(set_lo), eq_left.eq(members), eq_room.eq(Mux(members > p, p, members))]
-                    m.next = "EMIT"
-                with m.Elif(range_smear == 0):
-                    m.d.sync += [kth.eq(set_lo), eq_left.eq(rank), eq_room.eq(Mux(rank > p, p, rank))]
+                with m.If(known):
+                    m.d.sync += [kth.eq(set_lo), eq_left.eq(tie_count), eq_room.eq(tie_room)]
                     m.next = "EMIT"
                 with m.Else():
                     m.d.sync += new_window
-                    m.d.comb += clear_fill.eq(1)
+                    m.d.sync += clear_fill.eq(1)
                     m.d.sync += [src_set.eq(dst_set), src_bucket.eq(chosen), rd_slot.eq(0),
                                  rd_rows.eq(next_rows)]
                     m.d.sync += [src.eq(nxt) for src, nxt in zip(src_fill, next_fill)]
