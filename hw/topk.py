@@ -44,11 +44,6 @@ def topk_indices_layout(cfg: AccelConfig):
     })
 
 
-def topk_list_rows(cfg: AccelConfig):
-    """Address bits of one bucket list of one lane: a lane holds at most ``topk_rows`` scores."""
-    return bits_for(max(cfg.topk_rows - 1, 1))
-
-
 class TopKEngine(wiring.Component):
     """Indices of the k largest of n signed scores, in ascending index order.
 
@@ -77,28 +72,29 @@ class TopKEngine(wiring.Component):
     in lane ``i % P`` at row ``i // P`` and never changes lane, so no network moves scores between
     lanes until the output.
 
-    * Load: each lane writes its scores in order to its block-RAM bank (R cycles at P scores per
-      cycle), and files each score's row in a bucket list: 16 buckets by the 4 key bits below the
-      highest bit in which the first row's keys differ (scores outside that window go to the end
-      buckets). The lists live in a second block-RAM bank per lane, one region per bucket; 16
-      counters per lane give the next free slot. Bucket counts summed over lanes are kept as
-      suffix sums (scores in this bucket or above), so selection needs no pass afterwards.
+    * Load: each lane writes its keys in order to its block-RAM bank (R cycles at P scores per
+      cycle) and files each key's row in one of 16 bucket lists: by the 4 key bits below the
+      highest bit in which the first row's keys differ; keys outside that window go to the first
+      or last bucket. The lists are a second block-RAM bank per lane, one region per bucket, with
+      the next free slot of each list in LUT RAM. Bucket counts summed over lanes are kept as
+      suffix sums (keys in this bucket or above), so the load itself is the first selection level.
     * Decide (5 cycles): the bucket holding the k-th largest key is the highest one whose suffix
-      sum reaches the rank still wanted; the scores above it are kept. If every score of the bucket
-      is kept, or the bucket holds one value, the k-th value is known. Otherwise the next level
-      reads that bucket's lists (each lane its own, ``max`` over lanes of its list length rows),
-      fetches the keys from the input bank by row, and files them by the next 4 bits below the
-      highest bit in which the bucket's bounds differ. Each level after the first narrows the
-      range by 16, so there are at most ``ceil(score_bits / 4)`` of them whatever the input.
+      sum reaches the rank still wanted; the keys above it are all kept. If every key of the
+      bucket is kept, or it spans one value, the k-th key is known. Otherwise the next level reads
+      that bucket's lists (each lane its own; as many rows as the longest list), fetches the keys
+      from the input bank by row, and files them by the 4 bits below the highest bit in which the
+      bucket's bounds differ. Every level after the first narrows the range 16 times, so there are
+      at most ``ceil(score_bits / 4)`` of them whatever the input (:meth:`levels`).
     * Emit: the input bank is read in order; a lane is kept when its key is above the k-th, or
       equal to it and among the first ones still needed; kept lanes are packed to the front of the
-      beat, which goes into an output FIFO. Rows that keep nothing make no beat, and the pass stops
-      at the beat holding the k-th kept index.
+      beat, which goes into an output FIFO (so back-pressure never reaches the pipeline: a row is
+      issued only while the FIFO has room for every row in flight). Rows that keep nothing make
+      no beat, and the pass ends with the beat holding the k-th kept index.
 
-    The datapath is pipelined (a register after every block-RAM read and every compare or adder
-    tree) so that control is not the clock limit. Cycles from command to last beat, without
-    stalls, are at most :meth:`worst_case_cycles`; on random scores about ``2.5 R + 30``
-    (``spattn bench topk`` measures it).
+    Every block-RAM output and every comparator or adder tree is followed by a register, and the
+    decision's outcome is registered before the control acts on it, so that control is not the
+    clock limit. Cycles from command to last beat, without stalls, are at most
+    :meth:`worst_case_cycles`; ``spattn bench topk`` measures them on random scores.
     """
 
     def __init__(self, cfg: AccelConfig, score_bits=None):
@@ -132,7 +128,7 @@ class TopKEngine(wiring.Component):
         width = self.score_bits
         radix = min(TOPK_RADIX_BITS, width)
         buckets = 1 << radix
-        row_bits = topk_list_rows(cfg)
+        row_bits = cfg.topk_row_bits
         key_shape = unsigned(width)
         key_max = (1 << width) - 1
         row_shape = unsigned(row_bits)

@@ -135,9 +135,9 @@ class AccelConfig:
         return -(-self.max_tokens // self.topk_comparators)
 
     @property
-    def topk_buffers(self) -> int:
-        """Score buffers of the top-k engine: the input copy plus three rotating candidate buffers."""
-        return 4
+    def topk_row_bits(self) -> int:
+        """Width of a row number of a top-k bank (``0 .. topk_rows - 1``, at least one bit)."""
+        return bits_for(max(self.topk_rows - 1, 1))
 
     @property
     def token_importance_bits(self) -> int:
@@ -164,10 +164,13 @@ class AccelConfig:
         return self.pe_rows * self.pe_cols * per_mac
 
     def estimated_brams(self) -> int:
-        """Upper bound on block RAMs: every top-k bank in blocks of its own (LUT RAM may take some)."""
-        bank_bits = self.topk_rows * self.score_bits
-        banks = self.topk_buffers * self.topk_comparators
-        return banks * math.ceil(bank_bits / self.board_spec.bram_bits)
+        """Upper bound on block RAMs: the top-k engine's two banks per lane (its input in order and
+        its bucket lists: two sets of 16 lists of up to ``topk_rows`` row numbers), each in blocks
+        of its own."""
+        input_bits = self.topk_rows * self.score_bits
+        list_bits = 2 * 16 * (1 << self.topk_row_bits) * self.topk_row_bits
+        blocks = math.ceil(input_bits / self.board_spec.bram_bits) + math.ceil(list_bits / self.board_spec.bram_bits)
+        return self.topk_comparators * blocks
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -48,7 +48,7 @@ def test_sizes_must_be_positive_integers(field, value):
                           r"head_dim and act_bits\) must be at most 40, not 47"),
     (dict(heads=2000), r"heads must be at most max_tokens = 1024 \(the controller ranks heads on its token "
                        r"top-k engine\), not 2000"),
-    (dict(max_tokens=65536), r"max_tokens = 65536 with topk_comparators = 16 needs up to 256 block RAMs, "
+    (dict(max_tokens=65536), r"max_tokens = 65536 with topk_comparators = 16 needs up to 1440 block RAMs, "
                              r"more than the 208 of board ulx3s-85f"),
 ])
 def test_impossible_configurations_name_parameter_value_and_limit(changes, message):
