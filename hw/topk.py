@@ -144,11 +144,12 @@ class TopKEngine(wiring.Component):
         def lane_valid(row, rows, last_lanes, lane):
             return (row != rows - 1) | (lane < last_lanes)
 
-        # Per lane: the input in order (row -> key), and the bucket lists (two sets, so that one
-        # level reads a set while the next one is filed into the other; 16 regions of R slots each).
+        # Per lane: the input in order (row -> key; two sets, so that a run loads while the one
+        # before it emits), and the bucket lists (two sets, so that one level reads a set while the
+        # next one is filed into the other; 16 regions of R slots each).
         order_w, order_r, lists_w, lists_r = [], [], [], []
         for lane in range(p):
-            order = memory.Memory(shape=key_shape, depth=cfg.topk_rows, init=[], attrs=_BLOCK_RAM)
+            order = memory.Memory(shape=key_shape, depth=2 << row_bits, init=[], attrs=_BLOCK_RAM)
             lists = memory.Memory(shape=row_shape, depth=2 * buckets << row_bits, init=[], attrs=_BLOCK_RAM)
             m.submodules[f"order{lane}"] = order
             m.submodules[f"lists{lane}"] = lists
@@ -159,6 +160,7 @@ class TopKEngine(wiring.Component):
 
         # Run parameters.
         k_total = Signal(count_shape)
+        load_set = Signal()                          # the input bank's set this run loads into
         in_rows = Signal(fill_shape)                 # rows loaded
         in_last = Signal(range(p + 1))               # valid lanes of the last row
         load_left = Signal(count_shape)
@@ -204,7 +206,7 @@ class TopKEngine(wiring.Component):
             m.d.sync += [s0_valid[lane].eq(load_fire & load_left_lanes[lane]),
                          s0_key[lane].eq(key_of(choice)),
                          s1_valid[lane].eq(s0_valid[lane]), s1_key[lane].eq(s0_key[lane])]
-            m.d.comb += [order_w[lane].addr.eq(s0_row), order_w[lane].data.eq(s0_key[lane]),
+            m.d.comb += [order_w[lane].addr.eq(Cat(s0_row, load_set)), order_w[lane].data.eq(s0_key[lane]),
                          order_w[lane].en.eq(s0_valid[lane])]
         m.d.sync += [s0_row.eq(in_rows), s0_first.eq(load_fire & first_row),
                      s1_row.eq(s0_row), s1_first.eq(s0_first)]
@@ -244,10 +246,12 @@ class TopKEngine(wiring.Component):
         c_row = [Signal(row_shape, name=f"c_row{lane}") for lane in range(p)]
         emit_issue = Signal()
         emit_row = Signal(fill_shape)
+        emit_set = Signal()
         for lane in range(p):
             m.d.comb += [
                 lists_r[lane].addr.eq(Cat(rd_slot[:row_bits], src_bucket, src_set)),
-                order_r[lane].addr.eq(Mux(emit_issue, emit_row[:row_bits], b_row[lane])),
+                order_r[lane].addr.eq(Mux(emit_issue, Cat(emit_row[:row_bits], emit_set),
+                                          Cat(b_row[lane], load_set))),
             ]
             m.d.sync += [
                 a_valid[lane].eq(round_issue & (rd_slot < src_fill[lane])),
@@ -323,7 +327,12 @@ class TopKEngine(wiring.Component):
         next_rows, rows_latency = pipelined_reduce(m, next_fill, lambda a, b: a > b, "next_rows")
         assert rows_latency <= 2, "the decision has two cycles for the longest list"
 
-        # Outcome of selection, for the emit pass.
+        # Outcome of selection, handed to the emit pass, which runs on its own while the next run
+        # loads and selects (only the next run's later levels wait for it: they share its port).
+        emitting = Signal()
+        emit_k = Signal(count_shape)
+        emit_rows = Signal(fill_shape)
+        emit_last = Signal(range(p + 1))
         kth = Signal(key_shape)
         eq_left = Signal(count_shape)                # keys equal to kth still to keep, earliest first
         eq_room = Signal(range(p + 1))               # the same, at most P: what one row can use
@@ -341,7 +350,8 @@ class TopKEngine(wiring.Component):
         # A row is issued only while the FIFO has room for a beat from every row in flight.
         emit_stages = 6
         room = wire(m, out_fifo.level < _OUT_DEPTH - emit_stages, "emit_room")
-        issuing = wire(m, emit_issue & (emit_row != in_rows) & room, "emit_issuing")
+        m.d.comb += emit_issue.eq(emitting)
+        issuing = wire(m, emitting & (emit_row != emit_rows) & room, "emit_issuing")
         e_valid = [Signal(name=f"e{stage + 1}_valid") for stage in range(emit_stages)]
         e_row = [Signal(fill_shape, name=f"e{stage + 1}_row") for stage in range(4)]
         m.d.sync += [e_valid[0].eq(issuing), e_row[0].eq(emit_row)]
@@ -353,7 +363,7 @@ class TopKEngine(wiring.Component):
         e2_eq = [Signal(name=f"e2_eq{lane}") for lane in range(p)]
         for lane in range(p):
             key = e1_key[lane]
-            present = e_valid[1] & lane_valid(e_row[1], in_rows, in_last, lane)
+            present = e_valid[1] & lane_valid(e_row[1], emit_rows, emit_last, lane)
             m.d.sync += [e2_gt[lane].eq(present & (key > kth)), e2_eq[lane].eq(present & (key == kth))]
         e3_gt = [Signal(name=f"e3_gt{lane}") for lane in range(p)]
         e3_eq = [Signal(name=f"e3_eq{lane}") for lane in range(p)]
@@ -386,7 +396,16 @@ class TopKEngine(wiring.Component):
         emitted = Signal(count_shape)
         for slot in range(p):
             m.d.comb += beat.index[slot].eq(compact(e5_keep, e5_index, e5_rank, slot))
-        m.d.comb += [beat.count.eq(e5_count), beat.last.eq(emitted + e5_count >= k_total)]
+        m.d.comb += [beat.count.eq(e5_count), beat.last.eq(emitted + e5_count >= emit_k)]
+        with m.If(issuing):
+            m.d.sync += emit_row.eq(emit_row + 1)
+        with m.If(e_valid[-1] & (e5_count != 0)):
+            m.d.comb += out_fifo.w_en.eq(1)
+            m.d.sync += emitted.eq(emitted + e5_count)
+            with m.If(beat.last):
+                # Rows still in flight keep nothing: drop them with the run.
+                m.d.sync += [valid.eq(0) for valid in e_valid]
+                m.d.sync += emitting.eq(0)
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -398,7 +417,7 @@ class TopKEngine(wiring.Component):
                         clear_fill.eq(1),
                         k_total.eq(kept), rank.eq(kept),
                         load_left.eq(n), chunk.eq(0), in_rows.eq(0), first_row.eq(1),
-                        emit_row.eq(0), emitted.eq(0),
+                        load_set.eq(~load_set),
                         src_set.eq(1),                      # so the load files into set 0
                         win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
                     ]
@@ -489,9 +508,15 @@ class TopKEngine(wiring.Component):
                 m.next = "NEXT"
 
             with m.State("NEXT"):
-                with m.If(known):
-                    m.d.sync += [kth.eq(set_lo), eq_left.eq(tie_count), eq_room.eq(tie_room)]
-                    m.next = "EMIT"
+                with m.If(emitting):
+                    pass    # the run before is still emitting: its pass owns the input bank's port
+                with m.Elif(known):
+                    m.d.sync += [
+                        kth.eq(set_lo), eq_left.eq(tie_count), eq_room.eq(tie_room),
+                        emitting.eq(1), emit_set.eq(load_set), emit_row.eq(0), emitted.eq(0),
+                        emit_k.eq(k_total), emit_rows.eq(in_rows), emit_last.eq(in_last),
+                    ]
+                    m.next = "IDLE"
                 with m.Else():
                     m.d.sync += new_window
                     m.d.sync += clear_fill.eq(1)
@@ -500,18 +525,6 @@ class TopKEngine(wiring.Component):
                     m.d.sync += [src.eq(nxt) for src, nxt in zip(src_fill, next_fill)]
                     m.next = "ROUND"
 
-            with m.State("EMIT"):
-                m.d.comb += emit_issue.eq(1)
-                with m.If(issuing):
-                    m.d.sync += emit_row.eq(emit_row + 1)
-                with m.If(e_valid[-1] & (e5_count != 0)):
-                    m.d.comb += out_fifo.w_en.eq(1)
-                    m.d.sync += emitted.eq(emitted + e5_count)
-                    with m.If(beat.last):
-                        # Rows still in flight keep nothing: drop them with the run.
-                        m.d.sync += [valid.eq(0) for valid in e_valid]
-                        m.next = "IDLE"
-
             with m.State("EMPTY"):
                 # Nothing to keep: drain the run's scores, then send the lone end beat.
                 with m.If(load_left != 0):
@@ -519,12 +532,13 @@ class TopKEngine(wiring.Component):
                     with m.If(self.scores.valid):
                         m.d.sync += [load_left.eq(Mux(load_left <= p, 0, load_left - p)),
                                      chunk.eq(Mux(self.scores.ready, 0, chunk + 1))]
-                with m.Else():
+                with m.Elif(~emitting):
+                    # After every beat of the run before.
                     m.d.comb += [beat.count.eq(0), beat.last.eq(1), out_fifo.w_en.eq(out_fifo.w_rdy)]
                     with m.If(out_fifo.w_rdy):
                         m.next = "IDLE"
 
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | out_fifo.r_rdy)
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | emitting | out_fifo.r_rdy)
         return m
 
 
