@@ -276,30 +276,26 @@ class TopKEngine(wiring.Component):
                 y_valid[lane].eq(x_valid[lane]), y_row[lane].eq(x_row[lane]),
                 y_bucket[lane].eq(Mux(inside, digit, Mux(below, 0, buckets - 1))),
             ]
-        # Next free slot of every bucket list of a lane: LUT RAM, with a valid bit per bucket so
-        # that a new level starts with every list empty in one cycle.
+        # Next free slot of every bucket list of a lane, in registers with a clock enable and a
+        # synchronous clear, so that each takes no logic of its own: one shared ``slot + 1`` per lane.
         clear_fill = Signal()                        # a registered pulse: fan-out to every list
         m.d.sync += clear_fill.eq(0)
-        choosing = Signal()                          # the decision reads the chosen bucket's fills
         chosen = Signal(bucket_shape)
         dst_set = ~src_set
-        fill_of = []                                 # per lane: entries in bucket y (or chosen)
+        fill = [[Signal(fill_shape, name=f"fill{lane}_{b}") for b in range(buckets)] for lane in range(p)]
         for lane in range(p):
-            fills = memory.Memory(shape=fill_shape, depth=buckets, init=[])
-            m.submodules[f"fills{lane}"] = fills
-            fill_w, fill_r = fills.write_port(), fills.read_port(domain="comb")
-            used = Signal(buckets, name=f"fill_used{lane}")
-            bucket = wire(m, Mux(choosing, chosen, y_bucket[lane]), f"fill_bucket{lane}", bucket_shape)
-            m.d.comb += fill_r.addr.eq(bucket)
-            slot = wire(m, Mux(used.bit_select(bucket, 1), fill_r.data, 0), f"slot{lane}", fill_shape)
-            fill_of.append(slot)
-            m.d.comb += [fill_w.addr.eq(y_bucket[lane]), fill_w.data.eq(slot + 1), fill_w.en.eq(y_valid[lane]),
-                         lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
+            slot = 0
+            for b in range(buckets):
+                slot = Mux(y_bucket[lane] == b, fill[lane][b], slot)
+            slot = wire(m, slot, f"slot{lane}", fill_shape)
+            after = wire(m, slot + 1, f"slot_after{lane}", fill_shape)
+            m.d.comb += [lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
                          lists_w[lane].data.eq(y_row[lane]), lists_w[lane].en.eq(y_valid[lane])]
-            with m.If(clear_fill):
-                m.d.sync += used.eq(0)
-            with m.Elif(y_valid[lane]):
-                m.d.sync += used.eq(used | (1 << y_bucket[lane]))
+            for b in range(buckets):
+                with m.If(clear_fill):
+                    m.d.sync += fill[lane][b].eq(0)
+                with m.Elif(y_valid[lane] & (y_bucket[lane] == b)):
+                    m.d.sync += fill[lane][b].eq(after)
         # Bucket counts as suffix sums (this bucket or above), one popcount over lanes per bucket.
         part = [Signal(range(p + 1), name=f"part{b}") for b in range(buckets)]
         suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
@@ -482,8 +478,11 @@ class TopKEngine(wiring.Component):
                     bucket_hi.eq(Mux(chosen == buckets - 1, key_max,
                                      low | ((Const(1, key_shape) << win_shift) - 1)[:width])),
                 ]
-                m.d.comb += choosing.eq(1)
-                m.d.sync += [reg.eq(fill) for reg, fill in zip(next_fill, fill_of)]
+                for lane in range(p):
+                    this = fill[lane][0]
+                    for b in range(1, buckets):
+                        this = Mux(chosen == b, fill[lane][b], this)
+                    m.d.sync += next_fill[lane].eq(this)
                 m.next = "NARROW"
 
             with m.State("NARROW"):
