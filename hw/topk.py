@@ -15,8 +15,10 @@ __all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout", "TOPK_RAD
 TOPK_RADIX_BITS = 4
 # Both banks of every lane belong in block RAM, whatever their size.
 _BLOCK_RAM = {"ram_style": "block"}
-# Output FIFO depth: the emission pipeline issues a row only while every row in flight fits.
-_OUT_DEPTH = 8
+# Output FIFO depth: the emission pipeline issues a row only while every row in flight fits, so
+# the FIFO must hold more than the pipeline for the pass to run at a row per cycle (16 costs no
+# more LUT RAM than 8).
+_OUT_DEPTH = 16
 # Cycles between the last input of a level and its bucket counts, and of the decision after it.
 _LOAD_LATENCY = 6
 _ROUND_LATENCY = 7

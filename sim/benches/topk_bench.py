@@ -42,7 +42,7 @@ class TopKBench:
         self.beats_sent = 0         # score beats submitted since the last reset
         self.beats_before = 0       # score transfers before the last reset
         self.collected = []
-        self.finished = []          # (n, k, cycles from command to last beat) per checked run
+        self.finished = []          # (n, k, cycles from command to last beat, last beat's cycle) per run
         self.failures = []
         self.resetting = False
         self.all_done = Event()
@@ -96,7 +96,7 @@ class TopKBench:
                               f"score beats not taken")
         self.expected.popleft()
         self.collected = []
-        self.finished.append((n, k, cycle - self.cmd.transfers[cmd_number]))
+        self.finished.append((n, k, cycle - self.cmd.transfers[cmd_number], cycle))
         if not self.expected:
             self.all_done.set()
 
@@ -239,7 +239,7 @@ async def cycle_bound(dut):
         for k in [1, n // 10, n // 2, n - n // 10, n - 1]:
             bench.submit(n, k, scores)
             await bench.drain()
-            _, _, cycles = bench.finished[-1]
+            cycles = bench.finished[-1][2]
             bound = TopKEngine.worst_case_cycles(cfg, n)
             assert cycles <= bound, f"{name} k={k}: {cycles} cycles, over the bound {bound}"
     await bench.finish()
