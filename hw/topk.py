@@ -278,26 +278,30 @@ class TopKEngine(wiring.Component):
                 y_valid[lane].eq(x_valid[lane]), y_row[lane].eq(x_row[lane]),
                 y_bucket[lane].eq(Mux(inside, digit, Mux(below, 0, buckets - 1))),
             ]
-        # Next free slot of every bucket list of a lane, in registers with a clock enable and a
-        # synchronous clear, so that each takes no logic of its own: one shared ``slot + 1`` per lane.
+        # Next free slot of every bucket list of a lane: LUT RAM (two read ports: filing's and the
+        # decision's), with a valid bit per bucket so that a level starts with every list empty.
         clear_fill = Signal()                        # a registered pulse: fan-out to every list
         m.d.sync += clear_fill.eq(0)
         chosen = Signal(bucket_shape)
         dst_set = ~src_set
-        fill = [[Signal(fill_shape, name=f"fill{lane}_{b}") for b in range(buckets)] for lane in range(p)]
+        chosen_fill = []                             # per lane: entries in the chosen bucket
         for lane in range(p):
-            slot = 0
-            for b in range(buckets):
-                slot = Mux(y_bucket[lane] == b, fill[lane][b], slot)
-            slot = wire(m, slot, f"slot{lane}", fill_shape)
-            after = wire(m, slot + 1, f"slot_after{lane}", fill_shape)
-            m.d.comb += [lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
+            fills = memory.Memory(shape=fill_shape, depth=buckets, init=[])
+            m.submodules[f"fills{lane}"] = fills
+            fill_w, fill_r, fill_chosen = (fills.write_port(), fills.read_port(domain="comb"),
+                                           fills.read_port(domain="comb"))
+            used = Signal(buckets, name=f"fill_used{lane}")
+            m.d.comb += [fill_r.addr.eq(y_bucket[lane]), fill_chosen.addr.eq(chosen)]
+            slot = wire(m, Mux(used.bit_select(y_bucket[lane], 1), fill_r.data, 0), f"slot{lane}", fill_shape)
+            chosen_fill.append(wire(m, Mux(used.bit_select(chosen, 1), fill_chosen.data, 0),
+                                    f"chosen_fill{lane}", fill_shape))
+            m.d.comb += [fill_w.addr.eq(y_bucket[lane]), fill_w.data.eq(slot + 1), fill_w.en.eq(y_valid[lane]),
+                         lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
                          lists_w[lane].data.eq(y_row[lane]), lists_w[lane].en.eq(y_valid[lane])]
-            for b in range(buckets):
-                with m.If(clear_fill):
-                    m.d.sync += fill[lane][b].eq(0)
-                with m.Elif(y_valid[lane] & (y_bucket[lane] == b)):
-                    m.d.sync += fill[lane][b].eq(after)
+            with m.If(clear_fill):
+                m.d.sync += used.eq(0)
+            with m.Elif(y_valid[lane]):
+                m.d.sync += used.eq(used | (1 << y_bucket[lane]))
         # Bucket counts as suffix sums (this bucket or above), one popcount over lanes per bucket.
         part = [Signal(range(p + 1), name=f"part{b}") for b in range(buckets)]
         suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
@@ -309,8 +313,11 @@ class TopKEngine(wiring.Component):
             with m.Else():
                 m.d.sync += suffix[b].eq(suffix[b] + part[b])
         pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *c_valid, *x_valid, *y_valid]
-        filing = wire(m, Cat(*pipe_stages).any() | Cat(*(part[b] != 0 for b in range(buckets))).any(),
-                      "filing")
+        # Whether a level's keys are still on their way to the sums, a cycle late (so registered):
+        # the settle states start counting from the cycle the last input is taken.
+        filing = Signal()
+        m.d.sync += filing.eq(Cat(*pipe_stages, load_fire, round_issue).any()
+                              | Cat(*(part[b] != 0 for b in range(buckets))).any())
 
         # ---- Decision over the bucket sums, five registered steps. ----
         sum_at = Signal(count_shape)
@@ -480,11 +487,7 @@ class TopKEngine(wiring.Component):
                     bucket_hi.eq(Mux(chosen == buckets - 1, key_max,
                                      low | ((Const(1, key_shape) << win_shift) - 1)[:width])),
                 ]
-                for lane in range(p):
-                    this = fill[lane][0]
-                    for b in range(1, buckets):
-                        this = Mux(chosen == b, fill[lane][b], this)
-                    m.d.sync += next_fill[lane].eq(this)
+                m.d.sync += [reg.eq(fill) for reg, fill in zip(next_fill, chosen_fill)]
                 m.next = "NARROW"
 
             with m.State("NARROW"):
