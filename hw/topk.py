@@ -20,8 +20,8 @@ _BLOCK_RAM = {"ram_style": "block"}
 # more LUT RAM than 8).
 _OUT_DEPTH = 16
 # Cycles between the last input of a level and its bucket counts, and of the decision after it.
-_LOAD_LATENCY = 6
-_ROUND_LATENCY = 7
+_LOAD_LATENCY = 8
+_ROUND_LATENCY = 9
 _DECIDE_CYCLES = 5
 _EMIT_LATENCY = 8
 
@@ -182,6 +182,7 @@ class TopKEngine(wiring.Component):
         win_shift = Signal(shift_shape)
         win_mask = Signal(key_shape)
         win_base = Signal(key_shape)
+        win_width_mask = Signal(key_shape)           # (1 << win_shift) - 1: within one bucket
 
         # ---- Level input: stage x holds (valid, row, key) per lane from the load or a round. ----
         x_valid = [Signal(name=f"x_valid{lane}") for lane in range(p)]
@@ -232,9 +233,16 @@ class TopKEngine(wiring.Component):
         window_smear = wire(m, Mux(s1_first, first_smear, range_smear), "window_smear")
         window_low = wire(m, Mux(s1_first, first_key, set_lo), "window_low")
         high_bits = wire(m, ~window_smear & ~Const((1 << radix) - 1, key_shape), "window_high", key_shape)
-        differing = popcount(m, [window_smear[bit] for bit in range(width)], "window_width")
-        new_window = [win_shift.eq(Mux(differing > radix, differing - radix, 0)),
-                      win_mask.eq(high_bits), win_base.eq(window_low & high_bits)]
+        # The smear is a run of ones up to the highest differing bit h; the digit starts at
+        # h + 1 - radix (at least 0), and the bits below it are one bucket's width.
+        top_bit = [wire(m, window_smear[bit] & ~(window_smear[bit + 1] if bit + 1 < width else 0),
+                        f"window_top{bit}") for bit in range(width)]
+        shift = 0
+        for bit in range(radix, width):
+            shift = shift | Mux(top_bit[bit], bit + 1 - radix, 0)
+        low_bits = wire(m, ~high_bits >> radix, "window_low_bits", key_shape)
+        new_window = [win_shift.eq(shift), win_mask.eq(high_bits), win_base.eq(window_low & high_bits),
+                      win_width_mask.eq(low_bits)]
 
         # Round path: list slot -> (lists bank) row -> register -> (input bank) key -> x. Block-RAM
         # outputs are slow (5.8 ns on the ECP5), so each goes into a register first.
@@ -264,7 +272,7 @@ class TopKEngine(wiring.Component):
                 x_key[lane].eq(Mux(s1_valid[lane], s1_key[lane], order_r[lane].data)),
             ]
 
-        # ---- Filing: x -> y (bucket) -> list write, and part (popcount per bucket) -> sums. ----
+        # ---- Filing: x -> y (bucket) -> z (slot) -> list write; y -> part (popcount) -> sums. ----
         y_valid = [Signal(name=f"y_valid{lane}") for lane in range(p)]
         y_row = [Signal(row_shape, name=f"y_row{lane}") for lane in range(p)]
         y_bucket = [Signal(bucket_shape, name=f"y_bucket{lane}") for lane in range(p)]
@@ -285,23 +293,33 @@ class TopKEngine(wiring.Component):
         chosen = Signal(bucket_shape)
         dst_set = ~src_set
         chosen_fill = []                             # per lane: entries in the chosen bucket
+        # Stage z holds each filed key's list slot: the list write and the fill update happen
+        # from registers. A key of the same bucket right behind it takes z's slot + 1 (forwarded).
+        z_valid = [Signal(name=f"z_valid{lane}") for lane in range(p)]
         for lane in range(p):
             fills = memory.Memory(shape=fill_shape, depth=buckets, init=[])
             m.submodules[f"fills{lane}"] = fills
             fill_w, fill_r, fill_chosen = (fills.write_port(), fills.read_port(domain="comb"),
                                            fills.read_port(domain="comb"))
             used = Signal(buckets, name=f"fill_used{lane}")
+            z_bucket = Signal(bucket_shape, name=f"z_bucket{lane}")
+            z_row = Signal(row_shape, name=f"z_row{lane}")
+            z_slot = Signal(fill_shape, name=f"z_slot{lane}")
+            z_after = wire(m, z_slot + 1, f"z_after{lane}", fill_shape)
             m.d.comb += [fill_r.addr.eq(y_bucket[lane]), fill_chosen.addr.eq(chosen)]
-            slot = wire(m, Mux(used.bit_select(y_bucket[lane], 1), fill_r.data, 0), f"slot{lane}", fill_shape)
+            stored = Mux(used.bit_select(y_bucket[lane], 1), fill_r.data, 0)
+            behind = z_valid[lane] & (z_bucket == y_bucket[lane])
+            m.d.sync += [z_valid[lane].eq(y_valid[lane]), z_bucket.eq(y_bucket[lane]), z_row.eq(y_row[lane]),
+                         z_slot.eq(Mux(behind, z_after, stored))]
             chosen_fill.append(wire(m, Mux(used.bit_select(chosen, 1), fill_chosen.data, 0),
                                     f"chosen_fill{lane}", fill_shape))
-            m.d.comb += [fill_w.addr.eq(y_bucket[lane]), fill_w.data.eq(slot + 1), fill_w.en.eq(y_valid[lane]),
-                         lists_w[lane].addr.eq(Cat(slot[:row_bits], y_bucket[lane], dst_set)),
-                         lists_w[lane].data.eq(y_row[lane]), lists_w[lane].en.eq(y_valid[lane])]
+            m.d.comb += [fill_w.addr.eq(z_bucket), fill_w.data.eq(z_after), fill_w.en.eq(z_valid[lane]),
+                         lists_w[lane].addr.eq(Cat(z_slot[:row_bits], z_bucket, dst_set)),
+                         lists_w[lane].data.eq(z_row), lists_w[lane].en.eq(z_valid[lane])]
             with m.If(clear_fill):
                 m.d.sync += used.eq(0)
-            with m.Elif(y_valid[lane]):
-                m.d.sync += used.eq(used | (1 << y_bucket[lane]))
+            with m.Elif(z_valid[lane]):
+                m.d.sync += used.eq(used | (1 << z_bucket))
         # Bucket counts as suffix sums (this bucket or above), one popcount over lanes per bucket.
         part = [Signal(range(p + 1), name=f"part{b}") for b in range(buckets)]
         suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
@@ -312,7 +330,7 @@ class TopKEngine(wiring.Component):
                 m.d.sync += suffix[b].eq(0)
             with m.Else():
                 m.d.sync += suffix[b].eq(suffix[b] + part[b])
-        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *c_valid, *x_valid, *y_valid]
+        pipe_stages = [*s0_valid, *s1_valid, *a_valid, *b_valid, *c_valid, *x_valid, *y_valid, *z_valid]
         # Whether a level's keys are still on their way to the sums, a cycle late (so registered):
         # the settle states start counting from the cycle the last input is taken.
         filing = Signal()
@@ -425,6 +443,7 @@ class TopKEngine(wiring.Component):
                         load_set.eq(~load_set),
                         src_set.eq(1),                      # so the load files into set 0
                         win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
+                        win_width_mask.eq((1 << (width - radix)) - 1),
                     ]
                     with m.If((n == 0) | (kept == 0)):
                         m.next = "EMPTY"
@@ -485,7 +504,7 @@ class TopKEngine(wiring.Component):
                     sum_at.eq(at), sum_above.eq(above),
                     bucket_lo.eq(Mux(chosen == 0, 0, low)),
                     bucket_hi.eq(Mux(chosen == buckets - 1, key_max,
-                                     low | ((Const(1, key_shape) << win_shift) - 1)[:width])),
+                                     low | win_width_mask)),
                 ]
                 m.d.sync += [reg.eq(fill) for reg, fill in zip(next_fill, chosen_fill)]
                 m.next = "NARROW"
