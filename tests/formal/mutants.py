@@ -49,3 +49,30 @@ class Glitch(wiring.Component):
             else:
                 m.d.comb += Value.cast(value).eq(inner[path])
         return m
+
+
+class Mutant(wiring.Component):
+    """``dut`` with some of its outputs rewritten: ``changes`` maps a port path (a tuple, as
+    :meth:`~amaranth.lib.wiring.Signature.flatten` gives it) to ``f(value, glitch)``, the value
+    the port shows instead, ``glitch`` a free input."""
+
+    def __init__(self, dut, changes):
+        self.dut, self.changes = dut, changes
+        members = dict(dut.signature.members)
+        members["glitch"] = In(1)
+        super().__init__(wiring.Signature(members))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = self.dut
+        inner = dict((path, value) for path, _, value in self.dut.signature.flatten(self.dut))
+        for path, member, value in self.signature.flatten(self):
+            if path == ("glitch",):
+                continue
+            if path in self.changes:
+                m.d.comb += Value.cast(value).eq(self.changes[path](Value.cast(inner[path]), self.glitch))
+            elif member.flow == Flow.In:
+                m.d.comb += Value.cast(inner[path]).eq(value)
+            else:
+                m.d.comb += Value.cast(value).eq(inner[path])
+        return m
