@@ -20,8 +20,8 @@ _BLOCK_RAM = {"ram_style": "block"}
 # more LUT RAM than 8).
 _OUT_DEPTH = 16
 # Cycles between the last input of a level and its bucket counts, and of the decision after it.
-_LOAD_LATENCY = 8
-_ROUND_LATENCY = 9
+_LOAD_LATENCY = 9
+_ROUND_LATENCY = 10
 _DECIDE_CYCLES = 5
 _EMIT_LATENCY = 8
 
@@ -320,12 +320,18 @@ class TopKEngine(wiring.Component):
                 m.d.sync += used.eq(0)
             with m.Elif(z_valid[lane]):
                 m.d.sync += used.eq(used | (1 << z_bucket))
-        # Bucket counts as suffix sums (this bucket or above), one popcount over lanes per bucket.
+        # Bucket counts as suffix sums (this bucket or above): per bucket, a popcount over each half
+        # of the lanes (registered), then their sum.
+        halves = [range(0, (p + 1) // 2), range((p + 1) // 2, p)]
+        half = [[Signal(range(len(lanes) + 1), name=f"half{b}_{i}") for i, lanes in enumerate(halves)]
+                for b in range(buckets)]
         part = [Signal(range(p + 1), name=f"part{b}") for b in range(buckets)]
         suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
         for b in range(buckets):
-            at_or_above = [y_valid[lane] & (y_bucket[lane] >= b if b else 1) for lane in range(p)]
-            m.d.sync += part[b].eq(popcount(m, at_or_above, f"part{b}"))
+            for i, lanes in enumerate(halves):
+                at_or_above = [y_valid[lane] & (y_bucket[lane] >= b if b else 1) for lane in lanes]
+                m.d.sync += half[b][i].eq(popcount(m, at_or_above, f"half{b}_{i}") if at_or_above else 0)
+            m.d.sync += part[b].eq(half[b][0] + half[b][1])
             with m.If(clear_fill):
                 m.d.sync += suffix[b].eq(0)
             with m.Else():
@@ -335,7 +341,7 @@ class TopKEngine(wiring.Component):
         # the settle states start counting from the cycle the last input is taken.
         filing = Signal()
         m.d.sync += filing.eq(Cat(*pipe_stages, load_fire, round_issue).any()
-                              | Cat(*(part[b] != 0 for b in range(buckets))).any())
+                              | Cat(*(value != 0 for b in range(buckets) for value in [*half[b], part[b]])).any())
 
         # ---- Decision over the bucket sums, five registered steps. ----
         sum_at = Signal(count_shape)
