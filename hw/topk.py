@@ -374,7 +374,9 @@ class TopKEngine(wiring.Component):
         m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(width=layout.size, depth=_OUT_DEPTH)
         beat = data.View(layout, Signal(layout.size))
         m.d.comb += [out_fifo.w_data.eq(beat.as_value()),
-                     self.indices.payload.eq(out_fifo.r_data), self.indices.valid.eq(out_fifo.r_rdy),
+                     # Zero while not valid: the FIFO's block of LUT RAM starts unknown in simulators.
+                     self.indices.payload.eq(Mux(out_fifo.r_rdy, out_fifo.r_data, 0)),
+                     self.indices.valid.eq(out_fifo.r_rdy),
                      out_fifo.r_en.eq(self.indices.ready)]
         # A row is issued only while the FIFO has room for a beat from every row in flight.
         emit_stages = 6
