@@ -71,11 +71,13 @@ def test_topk_units_match_the_flat_synthesis(tmp_path):
     cfg = preset("tiny")
     table = unit_resources("topk", cfg, tmp_path / "units")
     flat = synthesize("topk", cfg, "ecp5", tmp_path / "flat")
-    # The top-k engine is one module, so keeping the hierarchy leaves nothing to differ: the same
-    # cells as the flat run (measured: identical). A block with submodules can differ, as no logic
-    # is optimized across their boundaries.
-    assert table.total == flat.cells
-    assert ecp5_resources(table.total)["lut4"] == flat.luts
+    # The top-k engine is one module and its output FIFO: keeping the hierarchy only stops logic
+    # being optimized across that one boundary, so the totals stay within 5% of the flat run's
+    # (measured: 1,675 against 1,662 LUT4s), with the same block RAMs and flip-flops.
+    hierarchical = ecp5_resources(table.total)
+    assert abs(hierarchical["lut4"] - flat.luts) <= 0.05 * flat.luts
+    assert table.total.get("DP16KD", 0) == flat.cells.get("DP16KD", 0)
+    assert [unit.path for unit in table.units] == ["", "out_fifo"]
     assert table.yosys.startswith("Yosys ") and table.seconds > 0
 
 
