@@ -10,8 +10,7 @@ from amaranth.hdl import Const, Mux, Signal, Value, unsigned
 
 from spattn.formats import bits_for
 
-__all__ = ["wire", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "masked_reduce",
-           "pipelined_reduce"]
+__all__ = ["wire", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "pipelined_reduce"]
 
 
 def wire(m, value, name, shape=None):
@@ -73,25 +72,6 @@ def compact(flags, values, ranks, slot):
     for flag, value, rank in zip(flags, values, ranks):
         picked = picked | Mux(flag & (rank == slot), Value.cast(value).as_unsigned(), 0)
     return picked
-
-
-def masked_reduce(m, flags, values, pick_first, identity, name):
-    """Reduce the values of set lanes with a binary tree; ``identity`` where no lane is set.
-
-    ``pick_first(a, b)`` is a 1-bit value saying whether ``a`` wins over ``b`` (``a > b`` for a maximum).
-    """
-    shape = Value.cast(values[0]).shape()
-    level = [wire(m, Mux(flag, value, identity), f"{name}_in{lane}", shape)
-             for lane, (flag, value) in enumerate(zip(flags, values))]
-    depth = 0
-    while len(level) > 1:
-        depth += 1
-        paired = [wire(m, Mux(pick_first(a, b), a, b), f"{name}_l{depth}_{i}", shape)
-                  for i, (a, b) in enumerate(zip(level[0::2], level[1::2]))]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0]
 
 
 def pipelined_reduce(m, values, pick_first, name, levels_per_stage=2):

@@ -25,32 +25,6 @@ class Slice(wiring.Component):
         return m
 
 
-class Glitch(wiring.Component):
-    """``dut`` with the ``valid`` of its output stream ``port`` ANDed with a free input: a mutant
-    that may withdraw a beat nobody took, which the stream-contract proof must catch."""
-
-    def __init__(self, dut, port):
-        self.dut, self.port = dut, port
-        members = dict(dut.signature.members)
-        members["glitch"] = In(1)
-        super().__init__(wiring.Signature(members))
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = self.dut
-        inner = dict((path, value) for path, _, value in self.dut.signature.flatten(self.dut))
-        for path, member, value in self.signature.flatten(self):
-            if path == ("glitch",):
-                continue
-            if path == (self.port, "valid"):
-                m.d.comb += value.eq(inner[path] & ~self.glitch)
-            elif member.flow == Flow.In:
-                m.d.comb += Value.cast(inner[path]).eq(value)
-            else:
-                m.d.comb += Value.cast(value).eq(inner[path])
-        return m
-
-
 class Mutant(wiring.Component):
     """``dut`` with some of its outputs rewritten: ``changes`` maps a port path (a tuple, as
     :meth:`~amaranth.lib.wiring.Signature.flatten` gives it) to ``f(value, glitch)``, the value
@@ -76,3 +50,9 @@ class Mutant(wiring.Component):
             else:
                 m.d.comb += Value.cast(value).eq(inner[path])
         return m
+
+
+def Glitch(dut, port):
+    """``dut`` with the ``valid`` of its output stream ``port`` ANDed with the inverse of a free
+    input: a mutant that may withdraw a beat nobody took, which the stream-contract proof must catch."""
+    return Mutant(dut, {(port, "valid"): lambda valid, glitch: valid & ~glitch})
