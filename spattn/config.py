@@ -52,11 +52,15 @@ class AccelConfig:
     the top-k engine ranks ``score_bits``-wide signed scores.
     Engines: a ``pe_rows`` x ``pe_cols`` multiply-accumulate array; a top-k engine with
     ``topk_comparators`` lanes, fed ``topk_stream_lanes`` scores per input beat.
-    Target: ``board`` (a key of :data:`BOARDS`) at ``clock_mhz``.
+    Target: ``board`` (a key of :data:`BOARDS`) at ``clock_mhz`` (from the board oscillator through
+    a PLL where it differs); the host link's UART runs at ``link_baud``.
     """
     name: str = "default"
     board: str = "ulx3s-85f"
     clock_mhz: float = 25.0
+    # The host link's UART (8N1). The ULX3S's FT231X makes 3 MBd / (n + m/8) exactly; 1 MBd is
+    # one of those and a whole number of cycles at 12, 25 and 40 MHz.
+    link_baud: int = 1_000_000
 
     max_tokens: int = 1024
     heads: int = 12
@@ -99,6 +103,11 @@ class AccelConfig:
             rule(self)
 
     # Derived values, computed in one place.
+    @property
+    def link_clocks_per_bit(self) -> int:
+        """Clock cycles per UART bit: ``clock_mhz`` / ``link_baud``, rounded."""
+        return round(self.clock_mhz * 1e6 / self.link_baud)
+
     @property
     def board_spec(self) -> BoardSpec:
         return BOARDS[self.board]
@@ -198,6 +207,26 @@ def _board(cfg):
         raise ConfigError(f"clock_mhz must be a positive number, not {cfg.clock_mhz!r}")
 
 
+#: Fewest clock cycles per UART bit the link's receiver samples with (it takes the middle of a bit).
+MIN_CLOCKS_PER_BIT = 4
+#: Largest difference between the UART's bit time and ``1/link_baud`` (the far end adds its own).
+MAX_BAUD_ERROR = 0.02
+
+
+def _link(cfg):
+    baud = cfg.link_baud
+    if not isinstance(baud, int) or isinstance(baud, bool) or baud < 1:
+        raise ConfigError(f"link_baud must be a positive integer, not {baud!r}")
+    exact = cfg.clock_mhz * 1e6 / baud
+    if exact < MIN_CLOCKS_PER_BIT:
+        raise ConfigError(f"link_baud must be at most clock_mhz / {MIN_CLOCKS_PER_BIT} = "
+                          f"{int(cfg.clock_mhz * 1e6 // MIN_CLOCKS_PER_BIT)} baud, not {baud}")
+    error = abs(cfg.link_clocks_per_bit / exact - 1)
+    if error > MAX_BAUD_ERROR:
+        raise ConfigError(f"link_baud {baud} is {100 * error:.1f}% off a whole number of cycles at "
+                          f"clock_mhz = {cfg.clock_mhz} (limit {100 * MAX_BAUD_ERROR:.0f}%)")
+
+
 def _widths(cfg):
     if cfg.act_bits < 2:
         raise ConfigError(f"act_bits must be at least 2 for a signed value, not {cfg.act_bits}")
@@ -288,7 +317,7 @@ def _importance(cfg):
 _RULES = [
     _positive("max_tokens", "heads", "head_dim", "act_bits", "act_msb_bits", "acc_bits", "score_bits",
               "pe_rows", "pe_cols", "topk_comparators", "topk_stream_lanes"),
-    _board, _widths, _topk, _fits_board,
+    _board, _link, _widths, _topk, _fits_board,
     _positive("layers"), _algorithm, _importance,
 ]
 
@@ -313,7 +342,10 @@ PRESETS = {
     # reach +-12.1 in layer 0, so a few outliers saturate, which costs the sentence embeddings less
     # than the MSB precision that act_frac 7 (+-16) or 6 (+-32) gives up (spattn eval).
     "minilm": dataclasses.replace(
-        _BASE, name="minilm", max_tokens=256, heads=12, head_dim=32, act_frac=8, pe_rows=8, pe_cols=8),
+        _BASE, name="minilm", max_tokens=256, heads=12, head_dim=32, act_frac=8, pe_rows=8, pe_cols=8,
+        # nextpnr closes the accelerator at 44 MHz (reports/accelerator_pnr.md); the PLL makes 40,
+        # 20 cycles per bit at 2 MBd.
+        clock_mhz=40.0, link_baud=2_000_000),
 }
 
 

@@ -33,6 +33,10 @@ def test_sizes_must_be_positive_integers(field, value):
 @pytest.mark.parametrize("changes, message", [
     (dict(board="de10"), r"board must be one of \['icebreaker', 'ulx3s-85f'\], not 'de10'"),
     (dict(clock_mhz=0), r"clock_mhz must be a positive number, not 0"),
+    (dict(link_baud=0), r"link_baud must be a positive integer, not 0"),
+    (dict(link_baud=10_000_000), r"link_baud must be at most clock_mhz / 4 = 6250000 baud, not 10000000"),
+    (dict(link_baud=3_000_000), r"link_baud 3000000 is 4.0% off a whole number of cycles at clock_mhz = 25.0 "
+                                r"\(limit 2%\)"),
     (dict(act_msb_bits=12), r"act_msb_bits must be in 1..act_bits-1 = 1..11, not 12"),
     (dict(act_frac=12), r"act_frac must be below act_bits = 12, not 12"),
     (dict(acc_bits=29), r"acc_bits must be at least 30 to accumulate 64 products of 12-bit values, not 29"),
