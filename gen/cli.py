@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from spattn.config import PRESETS, ConfigError, preset
+from spattn.fpga.link import DEFAULT_TIMEOUT_S
 
 from .verilog import BLOCKS, generate
 
@@ -33,21 +34,32 @@ def _check(args):
         print(f"{block} ({cfg.name}, {args.simulator}): every cocotb test passed, results in {results}")
 
 
+#: The preset and design ``spattn bitstream`` builds for each board unless told otherwise.
+BOARD_DEFAULTS = {"ulx3s-85f": ("minilm", "accelerator"), "icebreaker": ("tiny", "topk-selftest")}
+
+
 def _bitstream(args):
     from spattn.fpga.build import build_bitstream, format_report
 
-    if args.preset:
-        cfg = preset(args.preset)
-    else:
-        # The preset made for the board: default on the ULX3S, tiny on the iCEBreaker.
-        board = args.board or "ulx3s-85f"
-        matching = [name for name in ("default", "tiny") if PRESETS[name].board == board]
-        cfg = preset(matching[0] if matching else "default")
-    report = build_bitstream(cfg, board=args.board or cfg.board, build_dir=args.output)
+    board = args.board or (preset(args.preset).board if args.preset else "ulx3s-85f")
+    if board not in BOARD_DEFAULTS:
+        raise ConfigError(f"board must be one of {sorted(BOARD_DEFAULTS)}, not {board!r}")
+    default_preset, default_design = BOARD_DEFAULTS[board]
+    cfg = preset(args.preset or default_preset)
+    design = args.design or default_design
+    print(f"building {design} of preset {cfg.name} for {board} at {cfg.clock_mhz:g} MHz "
+          f"(Yosys, then nextpnr; a line every 30 s)", flush=True)
+    report = build_bitstream(cfg, board=board, build_dir=args.output, design=design,
+                             progress=lambda line: print(line, flush=True))
     print(format_report(report))
     report_path = Path(report.bitstream).with_suffix(".report.json")
     report_path.write_text(report.to_json())
     print(f"report written to {report_path}")
+    if not report.timing_met:
+        print(f"spattn: error: nextpnr reaches {report.fmax_mhz:.2f} MHz, below the {report.target_mhz:g} MHz "
+              f"clock: the bitstream would not run reliably", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _units(args):
@@ -83,6 +95,50 @@ def _units(args):
     print(f"wrote {markdown_path} and {json_path}")
 
 
+def _run(args):
+    import asyncio
+
+    from spattn.fpga.driver import AcceleratorError
+    from spattn.fpga.link import LinkError, LinkTransport, SerialChannel
+    from spattn.fpga.run import run_and_report
+    from spattn.memmap import MemoryMap
+    from spattn.sim.golden.minilm import load_minilm
+    from spattn.sim.golden.sparse import check_model_fits
+
+    cfg = preset(args.preset)
+    model = load_minilm()
+    check_model_fits(model, cfg)
+    try:
+        channel = SerialChannel(args.port, args.baud or cfg.link_baud)
+    except OSError as error:    # pyserial's SerialException is an OSError
+        print(f"spattn: error: cannot open {args.port}: {error}", file=sys.stderr)
+        return 2
+    with channel:
+        transport = LinkTransport(channel, MemoryMap(cfg).size, timeout=args.timeout)
+        try:
+            result = asyncio.run(run_and_report(transport, cfg, model, args.sentence))
+        except (LinkError, AcceleratorError) as error:
+            print(f"spattn: error: {error}", file=sys.stderr)
+            return 1
+    return 0 if result.ok else 1
+
+
+def _program(args):
+    from spattn.fpga.program import default_bitstream, program
+    from spattn.fpga.toolchain import ToolchainError
+
+    bitstream = args.bitstream or default_bitstream(args.board)
+    if bitstream is None:
+        raise ConfigError(f"no accelerator bitstream for {args.board} under build/fpga: build one with "
+                          f"`spattn bitstream --board {args.board}` or give --bitstream")
+    print(f"loading {bitstream} into the {'flash' if args.flash else 'SRAM'} of the {args.board}", flush=True)
+    try:
+        return program(bitstream, args.board, flash=args.flash)
+    except (FileNotFoundError, ToolchainError) as error:
+        print(f"spattn: error: {error}", file=sys.stderr)
+        return 2
+
+
 #: Commands handled by another module's ``main(argv)``, which parses its own options.
 FORWARDED = {
     "bench": ("spattn.sim.bench", "measure cycles on the generated RTL (spattn bench topk)"),
@@ -113,7 +169,11 @@ def main(argv=None):
     bitstream = commands.add_parser("bitstream", help="build a bitstream with Yosys and nextpnr")
     bitstream.add_argument("--board", default=None, help="ulx3s-85f or icebreaker (default: the preset's)")
     bitstream.add_argument("--preset", default=None,
-                           help="configuration (default: default for ulx3s-85f, tiny for icebreaker)")
+                           help="configuration (default: minilm for ulx3s-85f, tiny for icebreaker)")
+    bitstream.add_argument("--design", default=None, choices=["accelerator", "topk-selftest"],
+                           help="accelerator: the accelerator behind the UART host link (ULX3S); "
+                                "topk-selftest: the top-k engine checking itself "
+                                "(default: accelerator on the ULX3S, topk-selftest on the iCEBreaker)")
     bitstream.add_argument("-o", "--output", default="build/fpga", help="build directory")
     bitstream.set_defaults(run=_bitstream)
 
@@ -127,6 +187,26 @@ def main(argv=None):
                        help="directory for the Verilog and Yosys files (a subdirectory per block and preset)")
     units.set_defaults(run=_units)
 
+    run = commands.add_parser("run", help="embed a sentence on a board over its UART link, checked against "
+                                          "the golden model")
+    run.add_argument("sentence", help="the sentence (quote it)")
+    run.add_argument("--port", required=True, help="the board's serial port, e.g. /dev/ttyUSB0")
+    run.add_argument("--baud", type=int, default=None,
+                     help="link baud rate (default: the preset's link_baud)")
+    run.add_argument("--preset", default="minilm", help="the configuration the bitstream was built with")
+    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                     help="seconds without a frame from the board before giving up")
+    run.set_defaults(run=_run)
+
+    program = commands.add_parser("program", help="load a bitstream onto the board with openFPGALoader")
+    program.add_argument("--bitstream", default=None,
+                         help="the bitstream (default: the newest accelerator bitstream of the board under "
+                              "build/fpga)")
+    program.add_argument("--board", default="ulx3s-85f", choices=["ulx3s-85f"])
+    program.add_argument("--flash", action="store_true",
+                         help="write the configuration flash (kept at power-off) instead of SRAM")
+    program.set_defaults(run=_program)
+
     for name, (_, text) in FORWARDED.items():
         commands.add_parser(name, help=text)
 
@@ -136,11 +216,10 @@ def main(argv=None):
         return module.main(argv[1:]) or 0
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except ConfigError as error:
         print(f"spattn: error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

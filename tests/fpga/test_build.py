@@ -1,4 +1,5 @@
-"""Board builds: real YoWASP builds of the top-k harness, the nextpnr report parser, the errors."""
+"""Board builds: real YoWASP builds (`spattn bitstream` itself on the iCEBreaker, the ULX3S through
+its PLL), the nextpnr report parser, the errors. Every real build must meet its clock."""
 
 import dataclasses
 import json
@@ -15,18 +16,29 @@ from spattn.config import BOARDS as BOARD_SPECS
 from spattn.config import ConfigError, preset
 from spattn.fpga.build import (BOARDS, BuildError, BuildReport, build_bitstream, format_report,
                                parse_nextpnr_report)
+from spattn.fpga.pll import ecp5_pll_params
 from spattn.fpga.toolchain import ToolchainError, find_tool, toolchain_env
+from spattn.gen.cli import main
+
+#: The tiny preset on the ULX3S, at a clock its 25 MHz oscillator makes only through the PLL.
+TINY_ULX3S = dataclasses.replace(preset("tiny"), board="ulx3s-85f", clock_mhz=50.0)
 
 
 @pytest.fixture(scope="module")
 def tiny_icebreaker(tmp_path_factory):
-    return build_bitstream(preset("tiny"), "icebreaker", tmp_path_factory.mktemp("icebreaker"))
+    """``spattn bitstream`` itself: the iCEBreaker's default design (the top-k self-test) of tiny."""
+    out = tmp_path_factory.mktemp("icebreaker")
+    assert main(["bitstream", "--board", "icebreaker", "-o", str(out)]) == 0
+    (report_json,) = out.glob("*.report.json")
+    data = json.loads(report_json.read_text())
+    assert data.pop("timing_met") is True
+    return BuildReport(**data)
 
 
 @pytest.fixture(scope="module")
 def tiny_ulx3s(tmp_path_factory):
-    # The tiny preset re-validated for the ULX3S: a quick real ECP5 build of the same engine.
-    return build_bitstream(preset("tiny"), "ulx3s-85f", tmp_path_factory.mktemp("ulx3s"))
+    # A quick real ECP5 build of the same engine, clocked by the PLL.
+    return build_bitstream(TINY_ULX3S, "ulx3s-85f", tmp_path_factory.mktemp("ulx3s"))
 
 
 def _check_sane(report, board):
@@ -39,7 +51,8 @@ def _check_sane(report, board):
     assert 0 < report.registers_used <= report.registers_available
     assert 0 <= report.dsps_used <= report.dsps_available == spec.dsps
     assert 0 <= report.brams_used <= report.brams_available == spec.brams
-    assert report.fmax_mhz > 0 and report.target_mhz == 12.0
+    assert report.target_mhz == {"icebreaker": 12.0, "ulx3s-85f": 50.0}[board]
+    assert report.timing_met and report.fmax_mhz >= report.target_mhz
     assert report.wall_time_s > 0
 
 
@@ -78,6 +91,9 @@ def test_tiny_ulx3s_build(tiny_ulx3s):
     for field, key in [("luts_used", "TRELLIS_COMB"), ("registers_used", "TRELLIS_FF"),
                        ("dsps_used", "MULT18X18D"), ("brams_used", "DP16KD")]:
         assert getattr(report, field) == raw[key]["used"], field
+    # The clock comes from the PLL, constrained at its output frequency.
+    assert raw["EHXPLLL"]["used"] == 1
+    assert [c["constraint"] for c in report.clocks.values()] == [pytest.approx(50.0)]
 
 
 @pytest.mark.slow
@@ -137,6 +153,34 @@ def test_preset_that_does_not_fit(tmp_path):
     with pytest.raises(ConfigError, match=r"preset 'default' does not fit board 'icebreaker': .*"
                                           r"needs 128 multipliers, more than the 8"):
         build_bitstream(preset("default"), "icebreaker", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("f_out, dividers", [(40.0, (5, 8, 15)), (25.0, (1, 1, 24)), (50.0, (1, 2, 12))])
+def test_pll_dividers(f_out, dividers):
+    params = ecp5_pll_params(25.0, f_out)
+    assert (params.clki_div, params.clkfb_div, params.clkop_div) == dividers
+    assert params.f_out_mhz == f_out and 400 <= params.f_vco_mhz <= 800
+
+
+@pytest.mark.parametrize("f_out, message", [
+    (12.0, r"clock_mhz 12.0 cannot be made from the 25.0 MHz oscillator within 0.5%, the nearest is 12.500 MHz"),
+    (500.0, r"clock_mhz must be in 3.125..400.0 MHz for the ECP5 PLL, not 500.0"),
+])
+def test_pll_refuses_what_it_cannot_make(f_out, message):
+    with pytest.raises(ConfigError, match=message):
+        ecp5_pll_params(25.0, f_out)
+
+
+def test_impossible_designs(tmp_path):
+    with pytest.raises(ConfigError, match=r"design 'accelerator' is built for the ULX3S \(ECP5\); board "
+                                          r"'icebreaker' builds 'topk-selftest'"):
+        build_bitstream(preset("tiny"), "icebreaker", tmp_path, design="accelerator")
+    with pytest.raises(ValueError, match="design must be one of accelerator, topk-selftest, not 'blinky'"):
+        build_bitstream(preset("tiny"), "icebreaker", tmp_path, design="blinky")
+    with pytest.raises(ConfigError, match=r"clock_mhz must be the 12 MHz oscillator of board 'icebreaker' "
+                                          r"\(no PLL there\), not 13.0"):
+        build_bitstream(dataclasses.replace(preset("tiny"), clock_mhz=13.0), "icebreaker", tmp_path)
     assert not any(tmp_path.iterdir())
 
 
