@@ -37,6 +37,13 @@ MEM_WRITE  addr u32, data                    the accelerator wrote ``data`` at `
 ``tag`` counts MEM_READ frames modulo 256; the host answers them in the order they came.
 ``length`` and ``data`` are whole bus words, at most :data:`MAX_DATA` bytes.
 
+The board checks a received frame in this order and answers the first check that fails: the
+escapes (``BAD_ESCAPE``), the length (``TOO_LONG``, ``TOO_SHORT``), the CRC (``BAD_CRC``), as
+:class:`FrameDecoder` does; then whether it had a buffer for the frame (``OVERRUN``), then the
+command and its body length (``UNKNOWN_COMMAND``, ``BAD_LENGTH``, as :func:`check_command` does),
+then, for ``MEM_DATA``, whether it answers the oldest unanswered ``MEM_READ`` (``UNEXPECTED_DATA``).
+A ``MEM_DATA`` body is the tag and 1 .. ``MAX_DATA / WORD_BYTES`` whole words.
+
 A host frame the board cannot act on gets an ``ERROR`` frame (``seq`` of the offending frame as
 received, 0 if it had none) with body ``code u8, cmd u8`` (the offending ``cmd``, 0 if it had
 none); :class:`ErrorCode` lists the codes. The board then goes on as if the frame had not come.
@@ -48,8 +55,9 @@ import struct
 from dataclasses import dataclass
 
 __all__ = ["END", "ESC", "ESC_END", "ESC_ESC", "CRC32_POLY_REFLECTED", "MAX_DATA", "MAX_BODY",
-           "MIN_FRAME", "MAX_FRAME", "REPLY", "Command", "ErrorCode", "Status", "crc32",
-           "slip_encode", "encode_frame", "Frame", "FrameError", "FrameDecoder", "BODY_LENGTHS"]
+           "MIN_FRAME", "MAX_FRAME", "WORD_BYTES", "REPLY", "Command", "ErrorCode", "Status", "crc32",
+           "slip_encode", "encode_frame", "Frame", "FrameError", "FrameDecoder", "BODY_LENGTHS",
+           "REPLY_LENGTHS", "ERROR_LENGTH", "check_command"]
 
 # ---- SLIP (RFC 1055) -----------------------------------------------------------------------------
 END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
@@ -60,6 +68,8 @@ CRC32_INIT = 0xFFFFFFFF
 CRC32_XOROUT = 0xFFFFFFFF
 CRC_BYTES = 4
 
+#: Memory data moves in whole bus words of this many bytes.
+WORD_BYTES = 4
 #: Most data bytes in one MEM_READ / MEM_DATA / MEM_WRITE: 64 bus words. The board system refuses
 #: a config whose bursts do not fit, naming the row and its size.
 MAX_DATA = 256
@@ -108,6 +118,8 @@ class Status(enum.IntEnum):
 BODY_LENGTHS = {Command.REG_READ: 4, Command.REG_WRITE: 8, Command.LINK_STATUS: 0, Command.MEM_DATA: None}
 #: Body length of each reply (by command).
 REPLY_LENGTHS = {Command.REG_READ: 5, Command.REG_WRITE: 1, Command.LINK_STATUS: 12}
+#: Body length of an ERROR frame: code, cmd.
+ERROR_LENGTH = 2
 
 
 def _crc_table():
@@ -222,3 +234,17 @@ class FrameDecoder:
         if crc32(payload) != crc:
             return FrameError(ErrorCode.BAD_CRC, seq, cmd)
         return Frame(seq, cmd, payload[2:])
+
+
+def check_command(frame: Frame):
+    """The board's command and body-length checks of a frame that :class:`FrameDecoder` accepted:
+    the :class:`ErrorCode` of the first that fails, or None."""
+    if frame.cmd not in BODY_LENGTHS:
+        return ErrorCode.UNKNOWN_COMMAND
+    length = BODY_LENGTHS[frame.cmd]
+    if length is None:  # MEM_DATA: the tag, then whole words
+        data = len(frame.body) - 1
+        fits = WORD_BYTES <= data <= MAX_DATA and data % WORD_BYTES == 0
+    else:
+        fits = len(frame.body) == length
+    return None if fits else ErrorCode.BAD_LENGTH
