@@ -15,6 +15,7 @@ from amaranth.lib import wiring
 from spattn.config import AccelConfig
 from spattn.hw.accelerator import Accelerator
 from spattn.hw.attention import AttentionCore
+from spattn.hw.link import HostLink
 from spattn.hw.pe_array import PE_ARRAY_VARIANTS, PEArray
 from spattn.hw.topk import TopKEngine
 
@@ -27,6 +28,7 @@ BLOCKS = {
     "topk": TopKEngine,
     "attention": AttentionCore,
     "accelerator": Accelerator,
+    "host_link": HostLink,
     # The PE array in each of its generation-time variants (dataflow, tile, overflow rule).
     **{name: functools.partial(PEArray, **params) for name, params in PE_ARRAY_VARIANTS.items()},
 }
