@@ -140,7 +140,8 @@ class MemoryBridge(wiring.Component):
         m.d.comb += [
             axi.rvalid.eq(order.r_rdy & (head.refused | words.r_rdy)),
             axi.rid.eq(head.id), axi.rlast.eq(last),
-            axi.rdata.eq(Mux(head.refused, 0, words.r_data)),
+            # zero unless a word is there: the buffer's RAM starts unknown in simulators
+            axi.rdata.eq(Mux(axi.rvalid & ~head.refused, words.r_data, 0)),
             axi.rresp.eq(Mux(head.refused, RESP_SLVERR, RESP_OKAY)),
         ]
         taken = axi.rvalid & axi.rready

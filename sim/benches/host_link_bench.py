@@ -9,12 +9,14 @@ cocotbext-axi's ``AxiMaster`` drives random bursts into ``s_axi`` with random va
 Every byte read over the link is compared with the host's memory, every byte written with what
 the master wrote.
 
-Environment: ``SPATTN_MANIFEST`` (set by :func:`spattn.sim.runner.run_bench`).
+Environment: ``SPATTN_MANIFEST`` (set by :func:`spattn.sim.runner.run_bench`); ``SPATTN_LINK_BURSTS``:
+random AXI bursts of the memory test (default 24; the slow-host test runs a third of them).
 """
 
 import collections
 import itertools
 import logging
+import os
 import random
 import struct
 
@@ -35,7 +37,13 @@ REGISTERS = 16
 #: The model answers reads of this address after STALL_CYCLES (to fill the link's buffers).
 STALL_ADDRESS, STALL_CYCLES = 4 * (REGISTERS - 1), 40_000
 MEMORY_BYTES = 1 << 16
+BURSTS = int(os.environ.get("SPATTN_LINK_BURSTS", "24"))
 READ_REGION, WRITE_REGION = (0, 0x8000), (0x8000, 0x10000)
+
+
+def fired(valid, ready):
+    """Whether a handshake took place at the rising edge just passed (undriven counts as low)."""
+    return valid.value == 1 and ready.value == 1
 
 
 def pauses(rng, p):
@@ -62,17 +70,17 @@ class RegisterModel:
             getattr(d, f"m_axil__{name}").value = 0
         while True:
             await RisingEdge(d.clk)
-            if d.m_axil__arvalid.value and d.m_axil__arready.value:
+            if fired(d.m_axil__arvalid, d.m_axil__arready):
                 addr = int(d.m_axil__araddr.value)
                 wait = STALL_CYCLES if addr == STALL_ADDRESS else rng.randrange(4)
                 read = [wait, *((self.regs[addr // 4], RESP_OKAY) if self._mapped(addr) else (0, RESP_SLVERR))]
-            if d.m_axil__rvalid.value and d.m_axil__rready.value:
+            if fired(d.m_axil__rvalid, d.m_axil__rready):
                 read = None
-            if d.m_axil__awvalid.value and d.m_axil__awready.value:
+            if fired(d.m_axil__awvalid, d.m_axil__awready):
                 write_addr = int(d.m_axil__awaddr.value)
-            if d.m_axil__wvalid.value and d.m_axil__wready.value:
+            if fired(d.m_axil__wvalid, d.m_axil__wready):
                 write_data = (int(d.m_axil__wdata.value), int(d.m_axil__wstrb.value))
-            if d.m_axil__bvalid.value and d.m_axil__bready.value:
+            if fired(d.m_axil__bvalid, d.m_axil__bready):
                 b_resp = None
             if write_addr is not None and write_data is not None and b_resp is None:
                 ok = self._mapped(write_addr) and write_data[1] == 0b1111
@@ -250,7 +258,7 @@ async def random_traffic(master, host, rng, bursts):
     for n in range(4):
         worker_rng = random.Random(rng.random())
         worker_rng.worker = n
-        tasks.append(cocotb.start_soon(worker(worker_rng, bursts // 4)))
+        tasks.append(cocotb.start_soon(worker(worker_rng, bursts // 4 + (n < bursts % 4))))
     for task in tasks:
         await task
     # B came when each MEM_WRITE was handed to the transmitter: a reply sent after is behind it
@@ -261,15 +269,15 @@ async def random_traffic(master, host, rng, bursts):
 @cocotb.test()
 async def memory_bursts(dut):
     host, regs, master, rng = await setup(dut, 2)
-    await random_traffic(master, host, rng, 24)
-    assert host.mem_reads + host.mem_writes == 24 and not host.broken
+    await random_traffic(master, host, rng, BURSTS)
+    assert host.mem_reads + host.mem_writes == BURSTS and not host.broken
 
 
 @cocotb.test()
 async def slow_host_and_registers_meanwhile(dut):
     # the host answers each MEM_READ only after several frame times; registers still work meanwhile
     host, regs, master, rng = await setup(dut, 3, memory_delay=(10_000, 30_000))
-    traffic = cocotb.start_soon(random_traffic(master, host, rng, 8))
+    traffic = cocotb.start_soon(random_traffic(master, host, rng, BURSTS // 3))
     await check_register_access(host, regs, rng)
     await traffic
     assert not host.broken

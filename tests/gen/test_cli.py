@@ -35,7 +35,7 @@ def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
 
 
 def test_unknown_block_names_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"block must be one of \['accelerator', 'attention', 'pe_array', "
+    with pytest.raises(ValueError, match=r"block must be one of \['accelerator', 'attention', 'host_link', 'pe_array', "
                                          r"'pe_array_sat', "
                                          r"'pe_array_ws', "
                                          r"'pe_array_ws_sat', 'topk'\], not 'fft'"):

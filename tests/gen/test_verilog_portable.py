@@ -52,7 +52,23 @@ def test_topk_outputs_are_known_from_reset_on_icarus(tmp_path, generation):
     assert all("cmd__ready=1 scores__ready=0" in row and "indices__valid=0" in row for row in rows), out
 
 
-@pytest.mark.parametrize("block", ["topk", "accelerator"])
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not on PATH")
+def test_host_link_outputs_are_known_from_reset_on_icarus(tmp_path):
+    verilog_path, manifest_path = generate(preset("tiny"), tmp_path, "host_link")
+    bench = tmp_path / "tb.v"
+    bench.write_text(_bench(json.loads(manifest_path.read_text())))
+    subprocess.run(["iverilog", "-g2012", "-o", str(tmp_path / "sim.vvp"), str(bench), str(verilog_path)],
+                   check=True)
+    out = subprocess.run(["vvp", "-n", str(tmp_path / "sim.vvp")], check=True, capture_output=True,
+                         text=True).stdout
+    rows = [line for line in out.splitlines() if line[:1].isdigit()]
+    assert len(rows) == 8
+    values = [field.split("=")[1] for row in rows for field in row.split()[1:]]
+    assert not [value for value in values if set(value) & set("xXzZ")], out
+    assert all("tx=1 " in row and "m_axil__arvalid=0" in row and "s_axi__rvalid=0" in row for row in rows), out
+
+
+@pytest.mark.parametrize("block", ["topk", "accelerator", "host_link"])
 def test_verilator_lint_has_only_width_warnings(tmp_path, block):
     try:
         env = simulator_env("verilator")
