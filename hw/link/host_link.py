@@ -70,9 +70,8 @@ class HostLink(wiring.Component):
       ERROR OVERRUN. A host that waits for each reply never sees it.
     * Up to 8 reads outstanding, and at most 128 words of them (two full bursts): room for their
       data is reserved before their MEM_READ goes out, so a MEM_DATA never waits.
-    * B of a write burst comes after its MEM_WRITE frame is handed to the transmitter whole:
-      every reply to a frame the host sends after seeing B... and every frame the board sends
-      after B, is on the wire after the MEM_WRITE.
+    * B of a write burst comes once its MEM_WRITE frame is handed to the transmitter whole, so
+      every frame the board sends later (a register reply included) is on the wire after it.
     * AXI requests the host cannot serve (bursts over MAX_DATA bytes, partial ``wstrb``, narrow
       or non-INCR bursts) get SLVERR on every beat and send no frame. Nothing waits forever on
       the host except the bus transfer that needs it.
