@@ -198,10 +198,12 @@ def _check_clock(platform, board: Board, cfg: AccelConfig):
 
 
 def _clock(m, platform, cfg: AccelConfig):
-    """The ``sync`` domain at ``cfg.clock_mhz``: the oscillator's, or through the ECP5 PLL."""
-    if cfg.clock_mhz != platform.default_clk_frequency / 1e6:
-        m.domains.sync = ClockDomain("sync")
-        m.submodules.clock = ECP5ClockReset(cfg.clock_mhz)
+    """The ``sync`` domain at ``cfg.clock_mhz``: the oscillator's, or through the ECP5 PLL (returned)."""
+    if cfg.clock_mhz == platform.default_clk_frequency / 1e6:
+        return None
+    m.domains.sync = ClockDomain("sync")
+    m.submodules.clock = clock = ECP5ClockReset(cfg.clock_mhz)
+    return clock
 
 
 class _HarnessTop(Elaboratable):
@@ -236,14 +238,14 @@ class _SystemTop(Elaboratable):
         from spattn.hw.system import AcceleratorSystem
 
         m = Module()
-        _clock(m, platform, self.cfg)
+        clock = _clock(m, platform, self.cfg)
         m.submodules.system = system = AcceleratorSystem(self.cfg)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
         m.submodules.led_locked = led_locked = io.Buffer("o", platform.request("led", 0, dir="-"))
         m.submodules.led_done = led_done = io.Buffer("o", platform.request("led", 1, dir="-"))
-        locked = m.submodules.clock.locked if "clock" in m.submodules else 1
+        locked = 1 if clock is None else clock.locked
         m.d.comb += [system.rx.eq(rx.i), tx.o.eq(system.tx), led_locked.o.eq(locked), led_done.o.eq(system.irq)]
         return m
 

@@ -11,13 +11,16 @@ per layer as it finishes, then:
   difference;
 - per layer: tokens and heads alive, bytes the accelerator read (its BYTES_READ counter) against
   the dense baseline of the golden traffic model (:mod:`spattn.sim.golden.traffic`), and its cycles;
+- every layer's alive tokens and heads and every counter but CYCLES against the golden model of the
+  accelerator (:class:`~spattn.sim.golden.accelerator.GoldenAccelerator` behind the same driver),
+  which they must equal;
 - the sum of the CYCLES counters, and with a link transport its :class:`~spattn.fpga.link.LinkStats`,
   checked against the counters: the memory bytes served must equal the sum of BYTES_READ and those
   stored the sum of BYTES_WRITTEN (the host is the memory, so every byte the accelerator moved
   crossed the link); and the wall time.
 
-The returned :class:`SentenceRun` is ``ok`` when the embedding is exactly the golden one and the
-link's byte counts agree. Link and accelerator errors propagate
+The returned :class:`SentenceRun` is ``ok`` when the embedding is exactly the golden one, the
+counters are the golden model's and the link's byte counts agree. Link and accelerator errors propagate
 (:class:`~spattn.fpga.link.LinkError`, :class:`~spattn.fpga.driver.AcceleratorError`), as do
 :class:`~spattn.config.ConfigError` for a model the config does not fit or a sentence too long.
 """
@@ -28,10 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
+from spattn.memmap import MemoryMap
+from spattn.sim.golden.accelerator import GoldenAccelerator
 from spattn.sim.golden.bert import dense_embedding
 from spattn.sim.golden.sparse import run_sentence
 
-from .driver import Driver
+from .driver import COUNTERS, Driver
 
 __all__ = ["SentenceRun", "run_and_report"]
 
@@ -54,6 +59,7 @@ class SentenceRun:
     cycles: int                 # sum of CYCLES
     wall_s: float
     link_problems: tuple        # link byte counts that disagree with the counters (text)
+    counter_problems: tuple     # layers whose alive lists or counters differ from the golden model's (text)
 
     @property
     def exact(self) -> bool:
@@ -61,7 +67,7 @@ class SentenceRun:
 
     @property
     def ok(self) -> bool:
-        return self.exact and not self.link_problems
+        return self.exact and not self.link_problems and not self.counter_problems
 
 
 def _progress(cfg, n, out):
@@ -87,6 +93,17 @@ def _link_problems(stats, bytes_read, bytes_written):
     return tuple(problems)
 
 
+def _counter_problems(layers, golden_layers):
+    problems = []
+    for layer, (got, want) in enumerate(zip(layers, golden_layers, strict=True), 1):
+        if (got.tokens, got.heads) != (want.tokens, want.heads):
+            problems.append(f"layer {layer}: tokens {got.tokens} and heads {got.heads} alive, the golden model "
+                            f"has {want.tokens} and {want.heads}")
+        problems += [f"layer {layer}: {name} = {got.counters[name]:,}, the golden model's is {want.counters[name]:,}"
+                     for name in COUNTERS if name != "CYCLES" and got.counters[name] != want.counters[name]]
+    return tuple(problems)
+
+
 async def run_and_report(transport, cfg, model, text: str, out=None, mem_base: int = 0) -> SentenceRun:
     """Run ``text`` through the accelerator behind ``transport`` (generated for ``cfg``, memory map
     at ``mem_base``), with ``model`` (a :class:`~spattn.sim.golden.minilm.MiniLM` with its
@@ -103,6 +120,8 @@ async def run_and_report(transport, cfg, model, text: str, out=None, mem_base: i
     wall = time.monotonic() - started
 
     golden = run_sentence(model, cfg, ids, arith="int")
+    size = mem_base + MemoryMap(cfg).size
+    golden_run = await Driver(GoldenAccelerator(cfg, memory_bytes=size), cfg, mem_base).run_sentence(model, ids)
     dense = dense_embedding(model, ids)
     total = {name: sum(layer.counters[name] for layer in run.layers)
              for name in ("BYTES_READ", "BYTES_WRITTEN", "CYCLES")}
@@ -115,7 +134,8 @@ async def run_and_report(transport, cfg, model, text: str, out=None, mem_base: i
         dense_bytes=sum(layer.dense.bits for layer in golden.layers) // 8, cycles=total["CYCLES"],
         wall_s=wall,
         link_problems=() if stats is None else _link_problems(stats, total["BYTES_READ"],
-                                                              total["BYTES_WRITTEN"]))
+                                                              total["BYTES_WRITTEN"]),
+        counter_problems=_counter_problems(run.layers, golden_run.layers))
 
     verdict = "exactly equal" if result.exact else f"DIFFERENT, by up to {result.max_difference:.3g}"
     print(f"embedding: cosine {result.cosine_dense:.6f} against the dense float model; against the golden "
@@ -128,6 +148,11 @@ async def run_and_report(transport, cfg, model, text: str, out=None, mem_base: i
     share = f" ({100 * result.bytes_read / result.dense_bytes:.1f}%)" if result.dense_bytes else ""
     print(f"bytes fetched: {result.bytes_read:,} against {result.dense_bytes:,} dense{share}; "
           f"written: {result.bytes_written:,}", file=out)
+    names = ", ".join(name for name in COUNTERS if name != "CYCLES")
+    print(f"counters ({names}) and alive lists of every layer: "
+          + ("equal to the golden model's" if not result.counter_problems else "DIFFERENT"), file=out)
+    for problem in result.counter_problems:
+        print(f"counters: MISMATCH: {problem}", file=out)
     print(f"accelerator cycles: {result.cycles:,} ({result.cycles / cfg.clock_mhz / 1e3:.3f} ms at "
           f"{cfg.clock_mhz:g} MHz)", file=out)
     if stats is not None:
@@ -140,7 +165,8 @@ async def run_and_report(transport, cfg, model, text: str, out=None, mem_base: i
             print(f"link: MISMATCH: {problem}", file=out)
     print(f"wall time: {wall:.2f} s", file=out)
     failures = ([] if result.exact else ["the embedding differs from the golden integer path"]) + list(
-        result.link_problems)
+        result.link_problems) + (["the counters differ from the golden model's"] if result.counter_problems else [])
     print("FAIL: " + "; ".join(failures) if failures else
-          "PASS: the embedding equals the golden integer path exactly", file=out, flush=True)
+          "PASS: the embedding equals the golden integer path exactly, the counters the golden model's",
+          file=out, flush=True)
     return result

@@ -17,6 +17,7 @@ from spattn.hw.accelerator import Accelerator
 from spattn.hw.attention import AttentionCore
 from spattn.hw.link import HostLink
 from spattn.hw.pe_array import PE_ARRAY_VARIANTS, PEArray
+from spattn.hw.system import AcceleratorSystem
 from spattn.hw.topk import TopKEngine
 
 from .regmap import write_register_files
@@ -29,6 +30,7 @@ BLOCKS = {
     "attention": AttentionCore,
     "accelerator": Accelerator,
     "host_link": HostLink,
+    "system": AcceleratorSystem,
     # The PE array in each of its generation-time variants (dataflow, tile, overflow rule).
     **{name: functools.partial(PEArray, **params) for name, params in PE_ARRAY_VARIANTS.items()},
 }
@@ -120,7 +122,7 @@ def generate(cfg: AccelConfig, out_dir, block="topk"):
         "metadata": component.metadata.as_json(),
         "generation_seconds": round(elapsed, 3),
     }
-    if block == "accelerator":
+    if block in ("accelerator", "system"):
         # the register map as a C header and a Markdown table, from the same config object
         header, table = write_register_files(cfg, out_dir, top)
         manifest["register_files"] = [header.name, table.name]

@@ -141,39 +141,48 @@ class Bench:
     async def run(self, setting, ids, label):
         """One sentence on the RTL and on the golden model; everything compared; returns the RTL run."""
         cfg = dataclasses.replace(self.cfg, **SETTING_FAMILIES[setting])
-        masks = self.masks(cfg, ids)
-        size = MemoryMap(cfg).size
-        self.transport.ram.write(MEM_BASE, bytes(size))       # a clean memory, as the golden model's
-        got = await Driver(self.transport, cfg, MEM_BASE).run_sentence(self.model, ids, masks=masks)
-        golden = GoldenAccelerator(cfg, memory_bytes=MEM_BASE + size)
-        want = await Driver(golden, cfg, MEM_BASE).run_sentence(self.model, ids, masks=masks)
-        # the whole memory image: no stray write, no row too many, lists padded alike
-        image = self.transport.ram.read(MEM_BASE, size)
-        if image != bytes(golden.memory[MEM_BASE:]):
-            first = next(i for i, (a, b) in enumerate(zip(image, golden.memory[MEM_BASE:])) if a != b)
-            region = next((name for name, (offset, length) in MemoryMap(cfg).regions.items()
-                           if offset <= first < offset + length), "between regions")
-            raise AssertionError(f"{label}, {setting}: memory differs from the golden model's first at "
-                                 f"offset 0x{first:x} (region {region})")
-        for layer, (g, w) in enumerate(zip(got.layers, want.layers)):
-            where = f"{label}, {setting}, layer {layer}"
-            assert (g.tokens, g.heads) == (w.tokens, w.heads), f"{where}: alive tokens/heads differ"
-            if os.environ.get("SPATTN_ACCEL_DEBUG"):
-                dut_log = self.dut._log
-                dut_log.info("%s: RTL %s golden %s", where, g.counters, w.counters)
-                continue
-            for name in COUNTERS:
-                if name != "CYCLES":
-                    assert g.counters[name] == w.counters[name], (
-                        f"{where}: {name} is {g.counters[name]}, the golden model says {w.counters[name]}")
-            assert g.counters["CYCLES"] > 0, f"{where}: no cycles counted"
-            if self.out:
-                with open(self.out, "a") as out:
-                    out.write(json.dumps({"sentence": label, "tokens": len(ids), "setting": setting,
-                                          "layer": layer, "alive_tokens": len(g.tokens),
-                                          "alive_heads": len(g.heads), **g.counters}) + "\n")
-        assert torch.equal(got.embedding, want.embedding), f"{label}, {setting}: the embeddings differ"
-        return got
+        return await run_against_golden(self.transport, cfg, self.model, ids, self.masks(cfg, ids),
+                                        f"{label}, {setting}", log=self.dut._log, out=self.out,
+                                        record={"sentence": label, "setting": setting})
+
+
+async def run_against_golden(transport, cfg, model, ids, masks, label, log, out=None, record=None,
+                             mem_base=MEM_BASE):
+    """Embed ``ids`` with the driver over ``transport`` (the RTL) and over the golden model; assert
+    that the embeddings, the memory images, and per layer the alive tokens and heads and every counter
+    but CYCLES are equal (``label`` names the run in a failure). ``out``: a file that gets one JSON
+    line per layer, ``record``'s fields first. Returns the RTL run."""
+    size = MemoryMap(cfg).size
+    await transport.write_mem(mem_base, bytes(size))       # a clean memory, as the golden model's
+    got = await Driver(transport, cfg, mem_base).run_sentence(model, ids, masks=masks)
+    golden = GoldenAccelerator(cfg, memory_bytes=mem_base + size)
+    want = await Driver(golden, cfg, mem_base).run_sentence(model, ids, masks=masks)
+    # the whole memory image: no stray write, no row too many, lists padded alike
+    image = await transport.read_mem(mem_base, size)
+    if image != bytes(golden.memory[mem_base:]):
+        first = next(i for i, (a, b) in enumerate(zip(image, golden.memory[mem_base:])) if a != b)
+        region = next((name for name, (offset, length) in MemoryMap(cfg).regions.items()
+                       if offset <= first < offset + length), "between regions")
+        raise AssertionError(f"{label}: memory differs from the golden model's first at offset 0x{first:x} "
+                             f"(region {region})")
+    for layer, (g, w) in enumerate(zip(got.layers, want.layers)):
+        where = f"{label}, layer {layer}"
+        assert (g.tokens, g.heads) == (w.tokens, w.heads), f"{where}: alive tokens/heads differ"
+        if os.environ.get("SPATTN_ACCEL_DEBUG"):
+            log.info("%s: RTL %s golden %s", where, g.counters, w.counters)
+            continue
+        for name in COUNTERS:
+            if name != "CYCLES":
+                assert g.counters[name] == w.counters[name], (
+                    f"{where}: {name} is {g.counters[name]}, the golden model says {w.counters[name]}")
+        assert g.counters["CYCLES"] > 0, f"{where}: no cycles counted"
+        if out:
+            with open(out, "a") as f:
+                f.write(json.dumps({**(record or {}), "tokens": len(ids), "layer": layer,
+                                    "alive_tokens": len(g.tokens),
+                                    "alive_heads": len(g.heads), **g.counters}) + "\n")
+    assert torch.equal(got.embedding, want.embedding), f"{label}: the embeddings differ"
+    return got
 
 
 @cocotb.test()

@@ -45,7 +45,9 @@ def test_report_on_the_golden_model(minilm, capsys):
     assert result.ok and result.exact and result.max_difference == 0.0
     assert result.tokens == 3
     assert "against the golden integer path cosine 1.000000, exactly equal" in out
-    assert out.rstrip().endswith("PASS: the embedding equals the golden integer path exactly")
+    assert "alive lists of every layer: equal to the golden model's" in out
+    assert out.rstrip().endswith("PASS: the embedding equals the golden integer path exactly, the counters the "
+                                 "golden model's")
     for layer, stats in enumerate(golden.layers):
         assert f"layer {layer + 1}/6 [" in out
         assert f"heads {len(stats.alive_heads):>3}/12" in out
@@ -62,6 +64,23 @@ def test_a_wrong_embedding_fails(minilm, capsys):
     assert not result.exact and not result.ok and result.max_difference > 0
     assert f"DIFFERENT, by up to {result.max_difference:.3g}" in out
     assert out.rstrip().endswith("FAIL: the embedding differs from the golden integer path")
+
+
+class WrongCounter(GoldenAccelerator):
+    """The golden accelerator reporting one recomputed row too many."""
+
+    async def read_reg(self, offset):
+        value = await super().read_reg(offset)
+        return value + 1 if offset == self.regmap["ROWS_RECOMPUTED"].offset else value
+
+
+def test_a_wrong_counter_fails(minilm, capsys):
+    result = asyncio.run(run_and_report(WrongCounter(CFG), CFG, minilm, SENTENCE))
+    out = capsys.readouterr().out
+    assert result.exact and not result.ok and len(result.counter_problems) == CFG.layers
+    assert "alive lists of every layer: DIFFERENT" in out
+    assert "counters: MISMATCH: layer 1: ROWS_RECOMPUTED = 1, the golden model's is 0" in out
+    assert out.rstrip().endswith("FAIL: the counters differ from the golden model's")
 
 
 def test_link_bytes_that_disagree_with_the_counters_fail(minilm, capsys):

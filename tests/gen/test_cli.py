@@ -38,7 +38,7 @@ def test_unknown_block_names_the_known_ones(tmp_path):
     with pytest.raises(ValueError, match=r"block must be one of \['accelerator', 'attention', 'host_link', 'pe_array', "
                                          r"'pe_array_sat', "
                                          r"'pe_array_ws', "
-                                         r"'pe_array_ws_sat', 'topk'\], not 'fft'"):
+                                         r"'pe_array_ws_sat', 'system', 'topk'\], not 'fft'"):
         generate(preset("tiny"), tmp_path, block="fft")
 
 

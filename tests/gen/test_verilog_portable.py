@@ -68,7 +68,7 @@ def test_host_link_outputs_are_known_from_reset_on_icarus(tmp_path):
     assert all("tx=1 " in row and "m_axil__arvalid=0" in row and "s_axi__rvalid=0" in row for row in rows), out
 
 
-@pytest.mark.parametrize("block", ["topk", "accelerator", "host_link"])
+@pytest.mark.parametrize("block", ["topk", "accelerator", "host_link", "system"])
 def test_verilator_lint_has_only_width_warnings(tmp_path, block):
     try:
         env = simulator_env("verilator")
