@@ -7,8 +7,9 @@ within :data:`MAX_CLOCK_ERROR` raises :class:`~spattn.config.ConfigError` naming
 
 :class:`ECP5ClockReset` drives the ``sync`` domain at that frequency from the board's ``clk25``:
 its reset is held while the PLL is not locked (and while ``reset`` is high) and released
-synchronously to the new clock (:class:`amaranth.lib.cdc.ResetSynchronizer`). The output clock is
-constrained for nextpnr at the PLL's real frequency.
+synchronously to the new clock (:class:`amaranth.lib.cdc.ResetSynchronizer`). nextpnr derives the
+output clock's constraint from the oscillator's through the PLL's dividers (a constraint on the
+output net itself would name a net that synthesis merges away).
 """
 
 from dataclasses import dataclass
@@ -106,6 +107,5 @@ class ECP5ClockReset(Elaboratable):
             i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1), i_PHASESTEP=Const(1),
             i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
         )
-        platform.add_clock_constraint(clk_out, params.f_out_mhz * 1e6)
         m.submodules.reset_sync = ResetSynchronizer(~self.locked | self.reset, domain="sync")
         return m
