@@ -37,6 +37,7 @@ import random
 import subprocess
 import sys
 import tty
+from pathlib import Path
 
 import cocotb
 import torch
@@ -244,6 +245,8 @@ async def spattn_run_command(dut):
             process.kill()
         os.close(host_end)
         os.close(board_end)
-    dut._log.info("spattn run:\n%s", output)
+    # kept next to the results, for the README's sample of `spattn run` on the simulated board
+    Path("spattn_run.txt").write_text(output)
+    dut._log.info("spattn run (also in %s):\n%s", Path("spattn_run.txt").resolve(), output)
     assert process.returncode == 0, f"spattn run exited {process.returncode}:\n{output}"
     assert "exactly equal" in output, output
