@@ -41,10 +41,10 @@ env: $(VENV)/.installed
 verilog: env
 	$(BIN)/spattn verilog --preset $(PRESET) -o $(BUILD)/$(PRESET)
 
-# The board system's generated Verilog (accelerator + host link) at the preset's own UART rate, on
-# Verilator: a sentence through its pins against the golden model, then every malformed frame.
+# The board system's generated Verilog (accelerator + host link, generated again into the bench's
+# build directory) at the preset's own UART rate, on Verilator: a sentence through its pins against the golden model, then every malformed frame.
 # (`make test` adds `spattn run` on the simulated board and a sentence after the errors.)
-check: verilog
+check: env
 	SPATTN_SYSTEM_RUN_COMMAND=0 SPATTN_SYSTEM_SENTENCE_AFTER_ERRORS=0 \
 		$(BIN)/spattn check --preset $(PRESET) --block system
 

@@ -56,3 +56,12 @@ def test_units_command_writes_the_table(tmp_path, capsys):
     assert "| `out_fifo` |" in markdown
     assert "| `spattn_topk` (top) |" in capsys.readouterr().out
     assert (tmp_path / "build" / "topk-tiny" / "spattn_topk.v").exists()
+
+
+def test_check_command_runs_the_board_system_at_its_own_link_rate(monkeypatch, capsys):
+    """``spattn check`` as ``make`` runs it, on tiny: the board system's Verilog on Verilator, a
+    sentence of 2 tokens through its UART pins at tiny's own 1 MBd, then the malformed frames."""
+    monkeypatch.setenv("SPATTN_SYSTEM_SENTENCE_AFTER_ERRORS", "0")
+    monkeypatch.setenv("SPATTN_SYSTEM_TOKENS", "2")
+    assert main(["check", "--preset", "tiny", "--block", "system"]) == 0
+    assert "system (tiny, verilator): every cocotb test passed" in capsys.readouterr().out

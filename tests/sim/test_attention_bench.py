@@ -14,7 +14,7 @@ from spattn.sim.runner import SIMULATORS, run_bench
 # shipped preset the README's figures come from (8 x 8 PEs, 256 tokens, head_dim 32, 12-bit values),
 # so that widths of a real configuration are simulated too, up to heads of max_tokens.
 # SPATTN_ATTN_WORK bounds the heads of the tests (cycles of one Q·Kᵀ pass): on attn4, n up to 64 =
-# max_tokens on Verilator; Icarus, the slower simulator, gets n up to 22 and largest heads of 32.
+# max_tokens on Verilator; Icarus, the slower simulator, gets n up to 16 and largest heads of 22.
 CONFIGS = {
     "attn4": dataclasses.replace(preset("tiny"), name="attn4", board="ulx3s-85f", clock_mhz=25.0,
                                  pe_rows=4, pe_cols=4),
@@ -27,7 +27,7 @@ TESTCASES = {
     "minilm": ["longest_heads", "minilm_heads", "dynatran"],
 }
 ENV = {"verilator": {"SPATTN_ATTN_WORK": "4096"},
-       "icarus": {"SPATTN_ATTN_WORK": "512", "SPATTN_ATTN_LARGEST_WORK": "1024"}}
+       "icarus": {"SPATTN_ATTN_WORK": "256", "SPATTN_ATTN_LARGEST_WORK": "512"}}
 #: minilm on Icarus, which simulates this core about a hundred times slower than Verilator: random
 #: heads of 1, 2 and 9 tokens, enough to run the shipped widths through the second simulator.
 MINILM_ICARUS = {"testcase": ["random_heads"], "env": {"SPATTN_ATTN_MAX_N": "9",

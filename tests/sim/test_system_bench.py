@@ -23,7 +23,7 @@ FAST_LINK = {name: dataclasses.replace(preset(name), link_baud=round(preset(name
 RUNS = {
     ("minilm", "verilator"): (["malformed_frames", "spattn_run_command"],
                               {"SPATTN_SYSTEM_SENTENCE_AFTER_ERRORS": "0"}),
-    ("tiny", "icarus"): (None, {"SPATTN_SYSTEM_TOKENS": "5"}),
+    ("tiny", "icarus"): (None, {"SPATTN_SYSTEM_TOKENS": "4", "SPATTN_SYSTEM_SENTENCE_AFTER_ERRORS": "0"}),
 }
 
 
