@@ -5,7 +5,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out, connect
 
 from spattn.config import AccelConfig, ConfigError
-from spattn.hw.accelerator import LIST_BURST_WORDS
+from spattn.hw.accelerator import LIST_BURST_WORDS, MAX_READS
 from spattn.hw.axi import AXI4LiteSignature, AXI4Signature
 from spattn.hw.registers import accelerator_registers
 from spattn.link import MAX_DATA
@@ -21,9 +21,6 @@ from .uart_rx import UartRx
 from .uart_tx import UartTx
 
 __all__ = ["HostLink", "burst_bytes"]
-
-#: Read bursts outstanding at most, as the accelerator's memory port keeps in flight.
-MAX_READS = 8
 
 
 def burst_bytes(cfg: AccelConfig):

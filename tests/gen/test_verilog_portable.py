@@ -33,10 +33,10 @@ def _bench(manifest, cycles=8):
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not on PATH")
-@pytest.mark.parametrize("generation", ["2005", "2012"])
-def test_topk_outputs_are_known_from_reset_on_icarus(tmp_path, generation):
-    verilog_path, manifest_path = generate(preset("tiny"), tmp_path, "topk")
+def _known_outputs_on_icarus(tmp_path, block, generation):
+    """The written ``block`` of tiny under the plain bench on Icarus ``-g<generation>``: its output
+    rows (each line one cycle, ``name=value`` per port), asserted free of X and Z; and the whole output."""
+    verilog_path, manifest_path = generate(preset("tiny"), tmp_path, block)
     text = verilog_path.read_text()
     assert "always @*" not in text and "verilog_backend" not in text
     bench = tmp_path / "tb.v"
@@ -49,22 +49,19 @@ def test_topk_outputs_are_known_from_reset_on_icarus(tmp_path, generation):
     assert len(rows) == 8
     values = [field.split("=")[1] for row in rows for field in row.split()[1:]]
     assert not [value for value in values if set(value) & set("xXzZ")], out
+    return rows, out
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not on PATH")
+@pytest.mark.parametrize("generation", ["2005", "2012"])
+def test_topk_outputs_are_known_from_reset_on_icarus(tmp_path, generation):
+    rows, out = _known_outputs_on_icarus(tmp_path, "topk", generation)
     assert all("cmd__ready=1 scores__ready=0" in row and "indices__valid=0" in row for row in rows), out
 
 
 @pytest.mark.skipif(shutil.which("iverilog") is None, reason="Icarus Verilog not on PATH")
 def test_host_link_outputs_are_known_from_reset_on_icarus(tmp_path):
-    verilog_path, manifest_path = generate(preset("tiny"), tmp_path, "host_link")
-    bench = tmp_path / "tb.v"
-    bench.write_text(_bench(json.loads(manifest_path.read_text())))
-    subprocess.run(["iverilog", "-g2012", "-o", str(tmp_path / "sim.vvp"), str(bench), str(verilog_path)],
-                   check=True)
-    out = subprocess.run(["vvp", "-n", str(tmp_path / "sim.vvp")], check=True, capture_output=True,
-                         text=True).stdout
-    rows = [line for line in out.splitlines() if line[:1].isdigit()]
-    assert len(rows) == 8
-    values = [field.split("=")[1] for row in rows for field in row.split()[1:]]
-    assert not [value for value in values if set(value) & set("xXzZ")], out
+    rows, out = _known_outputs_on_icarus(tmp_path, "host_link", "2012")
     assert all("tx=1 " in row and "m_axil__arvalid=0" in row and "s_axi__rvalid=0" in row for row in rows), out
 
 
