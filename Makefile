@@ -64,6 +64,7 @@ bench: env
 	$(BIN)/spattn bench attention -o $(REPORTS)
 	$(BIN)/spattn bench softmax -o $(REPORTS)
 	$(BIN)/spattn bench accelerator -o $(REPORTS)
+	$(BIN)/spattn bench system -o $(REPORTS)
 
 eval: env
 	$(BIN)/spattn eval --out $(REPORTS)

@@ -7,14 +7,17 @@ within :data:`MAX_CLOCK_ERROR` raises :class:`~spattn.config.ConfigError` naming
 
 :class:`ECP5ClockReset` drives the ``sync`` domain at that frequency from the board's ``clk25``:
 its reset is held while the PLL is not locked (and while ``reset`` is high) and released
-synchronously to the new clock (:class:`amaranth.lib.cdc.ResetSynchronizer`). nextpnr derives the
+synchronously to the new clock (:class:`amaranth.lib.cdc.ResetSynchronizer`), then spread through a
+global buffer (DCCA) onto the clock network: the reset reaches every flip-flop of the design (about
+17,500 LSR pins in the ``minilm`` system), and nextpnr, which promotes only clocks by itself, would
+otherwise route that one net through the fabric, where the router cannot finish. nextpnr derives the
 output clock's constraint from the oscillator's through the PLL's dividers (a constraint on the
 output net itself would name a net that synthesis merges away).
 """
 
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -107,5 +110,11 @@ class ECP5ClockReset(Elaboratable):
             i_PHASESEL0=Const(0), i_PHASESEL1=Const(0), i_PHASEDIR=Const(1), i_PHASESTEP=Const(1),
             i_PHASELOADREG=Const(1), i_PLLWAKESYNC=Const(0), i_ENCLKOP=Const(0),
         )
-        m.submodules.reset_sync = ResetSynchronizer(~self.locked | self.reset, domain="sync")
+        # The synchroniser's output is the reset of a domain of its own, from which the DCCA drives
+        # the ``sync`` reset on the global network.
+        m.domains.reset_source = ClockDomain(local=True)
+        m.d.comb += ClockSignal("reset_source").eq(clk_out)
+        m.submodules.reset_sync = ResetSynchronizer(~self.locked | self.reset, domain="reset_source")
+        m.submodules.reset_buffer = Instance("DCCA", i_CLKI=ResetSignal("reset_source"), i_CE=Const(1),
+                                             o_CLKO=ResetSignal("sync"))
         return m

@@ -8,10 +8,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from spattn.config import preset
+from spattn.config import MIN_CLOCKS_PER_BIT, preset
 from spattn.sim.runner import run_bench
 
-__all__ = ["bench_topk", "pnr_topk", "bench_pe_array", "bench_attention", "bench_softmax", "bench_accelerator", "main"]
+__all__ = ["bench_topk", "pnr_topk", "bench_pe_array", "bench_attention", "bench_softmax", "bench_accelerator",
+           "bench_system", "fastest_link", "main"]
 
 TOPK_SIZES = (16, 64, 256, 1024)
 TOPK_RATIOS = (0.1, 0.5, 0.9)
@@ -489,13 +490,45 @@ def format_accelerator(rows, totals, cfg, simulator, clock_mhz, seconds):
     return "\n".join(lines) + "\n"
 
 
+def fastest_link(cfg):
+    """``cfg`` with its UART at the fewest cycles per bit the receiver takes: the link's logic is the
+    same, its simulation several times shorter than at the preset's own rate."""
+    return dataclasses.replace(cfg, link_baud=round(cfg.clock_mhz * 1e6 / MIN_CLOCKS_PER_BIT))
+
+
+SYSTEM_RUN_PRESET = "minilm"
+
+
+def bench_system(out_dir="reports", simulator="verilator"):
+    """``spattn run`` on the simulated board: the ``minilm`` system's Verilog behind its UART pins
+    (:mod:`spattn.sim.benches.system_bench`, ``spattn_run_command``), the link at
+    :func:`fastest_link`. Writes the command's output (its PASS is asserted by the bench) and the
+    wall time. The accelerator's cycle count there includes the time the simulation waits on the
+    host process, so it says nothing about the hardware's speed (``spattn bench accelerator`` does)."""
+    cfg = fastest_link(preset(SYSTEM_RUN_PRESET))
+    started = time.monotonic()
+    results = run_bench("system", cfg, "spattn.sim.benches.system_bench", simulator=simulator,
+                        testcase=["spattn_run_command"])
+    seconds = time.monotonic() - started
+    output = (Path(results).parent / "spattn_run.txt").read_text()
+    table = "\n".join([
+        f"# `spattn run` on the simulated board ({cfg.name} preset)", "",
+        f"The board system's Verilog on {simulator}, its UART pins bridged to a pseudo-terminal that "
+        f"`spattn run` opens as it would the board's serial port; the link at {cfg.link_clocks_per_bit} "
+        f"cycles per bit. {seconds:.0f} s wall time.", "", "```", output.rstrip(), "```"]) + "\n"
+    _write_report(out_dir, "system_run", table, {"config": cfg.name, "simulator": simulator,
+                                                "clocks_per_bit": cfg.link_clocks_per_bit,
+                                                "seconds": round(seconds, 1), "output": output})
+    return output
+
+
 def _indices(text):
     return [int(part) for part in text.split(",") if part]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="spattn bench", description=__doc__)
-    parser.add_argument("block", choices=["topk", "pe_array", "attention", "softmax", "accelerator"])
+    parser.add_argument("block", choices=["topk", "pe_array", "attention", "softmax", "accelerator", "system"])
     parser.add_argument("-o", "--out", default="reports", help="report directory (default: reports)")
     parser.add_argument("--simulator", default="verilator", choices=["verilator", "icarus"])
     parser.add_argument("--trials", type=int, default=5, help="random score sets per point")
@@ -522,6 +555,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.block == "softmax":
         bench_softmax(args.out)
+    elif args.block == "system":
+        bench_system(args.out, args.simulator)
     elif args.block == "accelerator":
         bench_accelerator(args.out, args.simulator, args.tokens, clock_mhz=args.clock_mhz, reuse=args.reuse,
                           pnr=args.pnr)

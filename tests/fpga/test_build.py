@@ -93,6 +93,10 @@ def test_tiny_ulx3s_build(tiny_ulx3s):
         assert getattr(report, field) == raw[key]["used"], field
     # The clock comes from the PLL, constrained at its output frequency.
     assert raw["EHXPLLL"]["used"] == 1
+    # Two global buffers: the clock (nextpnr's) and the reset (ours), both on the clock network.
+    assert raw["DCCA"]["used"] == 2
+    globals_routed = re.findall(r"routing clock net (\S+) using global", _log(report))
+    assert len(globals_routed) == 2 and any(net.endswith(".rst") for net in globals_routed), globals_routed
     assert [c["constraint"] for c in report.clocks.values()] == [pytest.approx(50.0)]
 
 
