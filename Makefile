@@ -54,7 +54,7 @@ bitstream: env
 
 # The slowest tests are listed at the end, to keep the 25-minute budget in view.
 test: env
-	$(BIN)/python -m pytest -n 2 -q --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -q --durations=15
 
 # The SymbiYosys proofs alone (they also run in `make test`).
 formal: env

@@ -64,7 +64,12 @@ def _log(report):
     return Path(report.nextpnr_report.replace(".nextpnr.json", ".tim")).read_text()
 
 
-@pytest.mark.slow
+#: One xdist group: its tests share the two builds (module fixtures), built once on one worker.
+pytestmark = pytest.mark.xdist_group("board_builds")
+
+
+# 150 s: the group's whole run, which starts where this test sorts (tests/conftest.py).
+@pytest.mark.slow(seconds=150)
 def test_tiny_icebreaker_build(tiny_icebreaker):
     report = tiny_icebreaker
     _check_sane(report, "icebreaker")

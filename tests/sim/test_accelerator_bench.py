@@ -21,7 +21,12 @@ ENV = {
 }
 
 
-@pytest.mark.parametrize("config, simulator", sorted(ENV))
+#: Seconds each run takes alone on a core (measured), for the order of `make test` (tests/conftest.py).
+SECONDS = {("minilm", "verilator"): 350, ("tiny", "verilator"): 340, ("tiny", "icarus"): 90}
+
+
+@pytest.mark.parametrize("config, simulator", [
+    pytest.param(*key, marks=pytest.mark.slow(seconds=SECONDS[key])) for key in sorted(ENV)])
 def test_accelerator_matches_golden_model(config, simulator):
     run_bench("accelerator", CONFIGS[config], "spattn.sim.benches.accelerator_bench", simulator=simulator,
               extra_env=ENV[config, simulator])

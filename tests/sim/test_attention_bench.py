@@ -34,8 +34,14 @@ MINILM_ICARUS = {"testcase": ["random_heads"], "env": {"SPATTN_ATTN_MAX_N": "9",
                                                       "SPATTN_ATTN_RANDOM_HEADS": "0"}}
 
 
-@pytest.mark.parametrize("config", sorted(CONFIGS))
-@pytest.mark.parametrize("simulator", SIMULATORS)
+#: Seconds each run takes alone on a core (measured), for the order of `make test` (tests/conftest.py).
+SECONDS = {("icarus", "attn4"): 220, ("verilator", "minilm"): 150, ("icarus", "minilm"): 130,
+           ("verilator", "tiny"): 80, ("verilator", "attn4"): 75, ("icarus", "tiny"): 20}
+
+
+@pytest.mark.parametrize("simulator, config", [
+    pytest.param(simulator, config, marks=pytest.mark.slow(seconds=SECONDS[simulator, config]))
+    for simulator in SIMULATORS for config in sorted(CONFIGS)])
 def test_attention_core_matches_golden_model(simulator, config, tmp_path):
     cfg, env = CONFIGS[config], dict(ENV[simulator])
     bench_out = tmp_path / "bench.jsonl"
