@@ -6,10 +6,10 @@ The UART runs at 4 cycles per bit here (the fastest the receiver takes) instead 
 ``spattn check --block system`` (``make``) runs the bench at the preset's own rate.
 
 minilm runs a sentence of real MiniLM through all six layers, dense (embedding, memory image and
-every counter but CYCLES against the golden model), and the malformed frames. tiny, on Icarus, runs all
-three cases, ``spattn run`` on the simulated board among them (its pseudo-terminal makes the
-simulation wait on the host process, so on minilm it costs 2.8M cycles where the sentence takes
-1.75M; ``spattn bench system``, in ``make bench``, runs it on minilm).
+every counter but CYCLES against the golden model), and the malformed frames. tiny, on Icarus,
+runs all three cases, ``spattn run`` on the simulated board among them (its pseudo-terminal makes the
+simulation wait on the host process: on minilm it takes 2.8M cycles for what the in-process
+sentence does in 1.75M, so ``spattn bench system``, in ``make bench``, runs it there).
 """
 
 import pytest
