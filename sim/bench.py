@@ -503,8 +503,8 @@ def bench_system(out_dir="reports", simulator="verilator"):
     """``spattn run`` on the simulated board: the ``minilm`` system's Verilog behind its UART pins
     (:mod:`spattn.sim.benches.system_bench`, ``spattn_run_command``), the link at
     :func:`fastest_link`. Writes the command's output (its PASS is asserted by the bench) and the
-    wall time. The accelerator's cycle count there includes the time the simulation waits on the
-    host process, so it says nothing about the hardware's speed (``spattn bench accelerator`` does)."""
+    wall time. The accelerator's cycles there are mostly the link's: it waits on the UART for every
+    plane row it reads (``spattn bench accelerator`` measures it with memory that answers at once)."""
     cfg = fastest_link(preset(SYSTEM_RUN_PRESET))
     started = time.monotonic()
     results = run_bench("system", cfg, "spattn.sim.benches.system_bench", simulator=simulator,

@@ -96,6 +96,12 @@ class SimTransport:
         self.ram.write(address, data)
 
 
+
+def minilm_shaped(cfg):
+    """Whether ``cfg`` has all-MiniLM-L6-v2's shape (12 heads of 32, 6 layers): its sentences then run
+    on the real model; on other presets, on a seeded random encoder of the preset's shape."""
+    return (cfg.heads, cfg.head_dim, cfg.layers) == (12, 32, 6)
+
 class Bench:
     def __init__(self, dut):
         self.dut = dut
@@ -103,7 +109,7 @@ class Bench:
         self.rng = random.Random(SEED)
         self.stall = float(os.environ.get("SPATTN_ACCEL_STALL", "0.3"))
         self.transport = SimTransport(dut, self.cfg, self.rng, self.stall)
-        self.minilm_shaped = (self.cfg.heads, self.cfg.head_dim, self.cfg.layers) == (12, 32, 6)
+        self.minilm_shaped = minilm_shaped(self.cfg)
         self.model = load_minilm() if self.minilm_shaped else random_encoder(self.cfg, seed=SEED)
         self.lengths = [int(n) for n in os.environ.get("SPATTN_ACCEL_TOKENS", "5,12").split(",")]
         names = os.environ.get("SPATTN_ACCEL_SETTINGS", "")
