@@ -43,8 +43,8 @@ verilog: env
 
 # The board system's generated Verilog (accelerator + host link, generated again into the bench's
 # build directory) at the preset's own UART rate, on Verilator: a sentence through its pins against
-# the golden model, then every malformed frame. (`make test` runs them at 4 cycles per bit and
-# `spattn run` on the simulated tiny board; `make bench` runs `spattn run` on the minilm board.)
+# the golden model, then every malformed frame. (`make test` runs the malformed frames and
+# `spattn run` on the simulated minilm board at 4 cycles per bit, the sentence on tiny.)
 check: env
 	SPATTN_SYSTEM_RUN_COMMAND=0 SPATTN_SYSTEM_SENTENCE_AFTER_ERRORS=0 \
 		$(BIN)/spattn check --preset $(PRESET) --block system

@@ -96,11 +96,11 @@ class SimTransport:
         self.ram.write(address, data)
 
 
-
 def minilm_shaped(cfg):
     """Whether ``cfg`` has all-MiniLM-L6-v2's shape (12 heads of 32, 6 layers): its sentences then run
     on the real model; on other presets, on a seeded random encoder of the preset's shape."""
     return (cfg.heads, cfg.head_dim, cfg.layers) == (12, 32, 6)
+
 
 class Bench:
     def __init__(self, dut):

@@ -19,9 +19,9 @@ config's bit time. The host is the project's real host code: :class:`spattn.fpga
   sentence after all this is still bit-exact (unless ``SPATTN_SYSTEM_SENTENCE_AFTER_ERRORS=0``).
 - ``spattn_run_command``: ``spattn run`` itself, as a separate process on a pseudo-terminal that
   this bench bridges to the UART pins (MiniLM-shaped presets only: skipped on the others). It
-  checks what ``sentence`` checks but the memory image: the embedding exactly the golden integer path's, every layer's
-  alive lists and counters but CYCLES the golden model's, the link's memory bytes the counters';
-  it must say PASS and exit 0.
+  checks what ``sentence`` checks but the memory image: the embedding exactly the golden integer
+  path's, every layer's alive lists and counters but CYCLES the golden model's, the link's memory
+  bytes the counters'; it must say PASS and exit 0.
 
 Environment: ``SPATTN_MANIFEST`` (set by :func:`spattn.sim.runner.run_bench`); ``SPATTN_SYSTEM_TOKENS``
 (sentence length, default 3); ``SPATTN_SYSTEM_RUN_COMMAND=0`` skips ``spattn_run_command``;
