@@ -6,11 +6,11 @@ once is a named signal: Amaranth copies an expression tree into the netlist at e
 used, so reusing Python expressions instead multiplies the logic (P-lane networks by P or more).
 """
 
-from amaranth.hdl import Const, Mux, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Mux, Signal, Value, unsigned
 
 from spattn.formats import bits_for
 
-__all__ = ["wire", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "pipelined_reduce"]
+__all__ = ["wire", "less_than", "popcount", "add_tree", "exclusive_prefix_counts", "compact", "pipelined_reduce"]
 
 
 def wire(m, value, name, shape=None):
@@ -18,6 +18,18 @@ def wire(m, value, name, shape=None):
     signal = Signal(shape if shape is not None else Value.cast(value).shape(), name=name)
     m.d.comb += signal.eq(value)
     return signal
+
+
+def less_than(a, b):
+    """``a < b`` for unsigned ``a`` and ``b``, as the borrow out of ``a - b``.
+
+    Yosys maps a subtraction onto the ECP5's carry chain alone (a CCU2C per two bits), while its
+    comparison cells came out with about as many LUT4s again beside the chain: 120 comparisons of
+    16 bits took 960 CCU2C and 2,013 LUT4s, as borrows 1,080 CCU2C and nothing else.
+    """
+    width = max(len(Value.cast(a)), len(Value.cast(b)))
+    return (Cat(a, Const(0, width + 1 - len(Value.cast(a)))) -
+            Cat(b, Const(0, width + 1 - len(Value.cast(b)))))[width]
 
 
 def _inclusive_prefix_sums(m, flags, name):
@@ -35,8 +47,35 @@ def _inclusive_prefix_sums(m, flags, name):
 
 
 def popcount(m, flags, name):
-    """Number of set bits among the 1-bit values ``flags``, by a balanced adder tree."""
-    return add_tree(m, flags, name, unsigned(bits_for(len(flags))))
+    """Number of set bits among the 1-bit values ``flags``, by a tree of full adders.
+
+    Each full adder takes three bits of one weight and gives their sum bit (same weight) and carry
+    (twice the weight), until one bit of each weight is left: a counter that is plain logic, so it
+    maps onto LUTs. An adder tree of 1- and 2-bit sums maps each adder onto a carry chain instead,
+    which on the ECP5 cost about four times the LUTs (a 15-input count: about 90 LUT4s, not 25).
+    """
+    shape = unsigned(bits_for(len(flags)))
+    if not flags:
+        return Const(0, shape)
+    columns = [[Value.cast(flag) for flag in flags]]    # columns[w]: bits of weight 2^w
+    adders = 0
+    weight = 0
+    while weight < len(columns):
+        column = columns[weight]
+        while len(column) > 1:
+            if len(column) == 2:
+                a, b = column.pop(0), column.pop(0)
+                total, carry = a ^ b, a & b
+            else:
+                a, b, c = column.pop(0), column.pop(0), column.pop(0)
+                total, carry = a ^ b ^ c, (a & b) | (a & c) | (b & c)
+            column.append(wire(m, total, f"{name}_s{adders}"))
+            if weight + 1 == len(columns):
+                columns.append([])
+            columns[weight + 1].append(wire(m, carry, f"{name}_c{adders}"))
+            adders += 1
+        weight += 1
+    return wire(m, Cat(*(column[0] for column in columns)), name, shape)
 
 
 def add_tree(m, values, name, shape):

@@ -8,6 +8,7 @@ from spattn.config import AccelConfig
 from spattn.formats import bits_for
 
 from .lanes import compact, exclusive_prefix_counts, pipelined_reduce, popcount, wire
+from .topk_pairs import PAIR_RANKS_LATENCY, PairRanks
 
 __all__ = ["TopKEngine", "topk_command_layout", "topk_indices_layout", "TOPK_RADIX_BITS"]
 
@@ -24,6 +25,9 @@ _LOAD_LATENCY = 9
 _ROUND_LATENCY = 10
 _DECIDE_CYCLES = 5
 _EMIT_LATENCY = 8
+# Cycles from a short run's hand-over to the emit pass until its last beat leaves the FIFO, after
+# its rows are issued (one a cycle).
+_PAIR_EMIT_LATENCY = 4
 
 
 def topk_command_layout(cfg: AccelConfig):
@@ -93,6 +97,12 @@ class TopKEngine(wiring.Component):
       issued only while the FIFO has room for every row in flight). Rows that keep nothing make
       no beat, and the pass ends with the beat holding the k-th kept index.
 
+    * Short runs (``n`` at most :meth:`pair_tokens`, the config's ``topk_pair_tokens``): the keys go
+      into registers, a whole input beat per cycle, and :class:`~spattn.hw.topk_pairs.PairRanks`
+      compares every pair and keeps the keys that fewer than ``k`` others beat (3 cycles); the
+      bitmap of kept keys enters the emit pass at its packing stage, a row per cycle. No bank, list
+      or selection level is used, so such a run takes a few cycles plus its rows.
+
     Every block-RAM output and every comparator or adder tree is followed by a register, and the
     decision's outcome is registered before the control acts on it, so that control is not the
     clock limit. Cycles from command to last beat, without stalls, are at most
@@ -110,6 +120,11 @@ class TopKEngine(wiring.Component):
         })
 
     @staticmethod
+    def pair_tokens(cfg: AccelConfig):
+        """Runs of at most this many scores are ranked by :class:`PairRanks` (0: none)."""
+        return min(cfg.topk_pair_tokens, cfg.max_tokens)
+
+    @staticmethod
     def levels(score_bits):
         """Selection levels after the load, at most: each resolves ``TOPK_RADIX_BITS`` bits."""
         return -(-score_bits // TOPK_RADIX_BITS)
@@ -118,6 +133,9 @@ class TopKEngine(wiring.Component):
     def worst_case_cycles(cfg: AccelConfig, n, score_bits=None):
         """Bound on cycles from command acceptance to the last index beat with no stalls."""
         rows = -(-n // cfg.topk_comparators)
+        if 0 < n <= TopKEngine.pair_tokens(cfg):
+            beats = -(-n // cfg.topk_stream_lanes)
+            return 1 + beats + PAIR_RANKS_LATENCY + 1 + rows + _PAIR_EMIT_LATENCY
         levels = TopKEngine.levels(score_bits or cfg.score_bits)
         return (1 + rows + _LOAD_LATENCY + _DECIDE_CYCLES
                 + levels * (rows + _ROUND_LATENCY + _DECIDE_CYCLES) + rows + _EMIT_LATENCY)
@@ -382,7 +400,10 @@ class TopKEngine(wiring.Component):
         emit_stages = 6
         room = wire(m, out_fifo.level < _OUT_DEPTH - emit_stages, "emit_room")
         m.d.comb += emit_issue.eq(emitting)
-        issuing = wire(m, emitting & (emit_row != emit_rows) & room, "emit_issuing")
+        # A short run's pass (``emit_pairs``) takes its rows from the kept-key bitmap instead.
+        emit_pairs = Signal()
+        issuing = wire(m, emitting & ~emit_pairs & (emit_row != emit_rows) & room, "emit_issuing")
+        pair_issuing = wire(m, emitting & emit_pairs & (emit_row != emit_rows) & room, "pair_issuing")
         e_valid = [Signal(name=f"e{stage + 1}_valid") for stage in range(emit_stages)]
         e_row = [Signal(fill_shape, name=f"e{stage + 1}_row") for stage in range(4)]
         m.d.sync += [e_valid[0].eq(issuing), e_row[0].eq(emit_row)]
@@ -415,6 +436,18 @@ class TopKEngine(wiring.Component):
         m.d.sync += [eq_left.eq(eq_left_next), eq_room.eq(Mux(eq_left_next > p, p, eq_left_next))]
         for lane in range(p):
             m.d.sync += e4_keep[lane].eq(e3_gt[lane] | (e3_eq[lane] & (e3_eq_rank[lane] < eq_room)))
+        # A short run's rows enter at E4, straight from the bitmap of its kept keys.
+        pair_tokens = self.pair_tokens(cfg)
+        pair_rows = -(-pair_tokens // p)
+        emit_bitmap = Signal(max(pair_rows * p, 1))
+        if pair_tokens:
+            with m.If(pair_issuing):
+                m.d.sync += [e_valid[4].eq(1), e4_base.eq(emit_row * p), emit_row.eq(emit_row + 1)]
+                for lane in range(p):
+                    bit = emit_bitmap[lane]
+                    for row in range(1, pair_rows):
+                        bit = Mux(emit_row == row, emit_bitmap[row * p + lane], bit)
+                    m.d.sync += e4_keep[lane].eq(bit)
         e5_keep = [Signal(name=f"e5_keep{lane}") for lane in range(p)]
         e5_rank = [Signal(lane_shape, name=f"e5_rank{lane}") for lane in range(p)]
         e5_index = [Signal(index_shape, name=f"e5_index{lane}") for lane in range(p)]
@@ -436,7 +469,20 @@ class TopKEngine(wiring.Component):
             with m.If(beat.last):
                 # Rows still in flight keep nothing: drop them with the run.
                 m.d.sync += [valid.eq(0) for valid in e_valid]
-                m.d.sync += emitting.eq(0)
+                m.d.sync += [emitting.eq(0), emit_pairs.eq(0)]
+
+        # Short runs: their keys in registers, a whole input beat per cycle, ranked by PairRanks.
+        lanes_in = cfg.topk_stream_lanes
+        pair_beat = Signal(range(max(-(-pair_tokens // lanes_in), 2)))
+        pair_wait = Signal(range(PAIR_RANKS_LATENCY + 1))
+        pair_present = Signal(max(pair_tokens, 1))
+        if pair_tokens:
+            m.submodules.pair_ranks = ranker = PairRanks(pair_tokens, width, cfg.count_bits)
+            pair_key = [Signal(key_shape, name=f"pair_key{i}") for i in range(pair_tokens)]
+            m.d.comb += [ranker.k.eq(k_total), ranker.present.eq(pair_present),
+                         *(ranker.keys[i].eq(key) for i, key in enumerate(pair_key))]
+            key_in = [wire(m, key_of(self.scores.payload[lane]), f"pair_key_in{lane}", key_shape)
+                      for lane in range(lanes_in)]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -444,19 +490,49 @@ class TopKEngine(wiring.Component):
                 with m.If(self.cmd.valid):
                     n, k = self.cmd.payload.n, self.cmd.payload.k
                     kept = Mux(k > n, n, k)
-                    m.d.sync += [
-                        clear_fill.eq(1),
-                        k_total.eq(kept), rank.eq(kept),
-                        load_left.eq(n), chunk.eq(0), in_rows.eq(0), first_row.eq(1),
-                        load_set.eq(~load_set),
-                        src_set.eq(1),                      # so the load files into set 0
-                        win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
-                        win_width_mask.eq((1 << (width - radix)) - 1),
-                    ]
+                    m.d.sync += [k_total.eq(kept), load_left.eq(n), chunk.eq(0)]
                     with m.If((n == 0) | (kept == 0)):
                         m.next = "EMPTY"
+                    with m.Elif((n <= pair_tokens) if pair_tokens else 0):
+                        if pair_tokens:
+                            m.d.sync += [pair_beat.eq(0),
+                                         pair_present.eq(Cat(*(n > i for i in range(pair_tokens))))]
+                            m.next = "PAIR_LOAD"
                     with m.Else():
+                        m.d.sync += [
+                            clear_fill.eq(1),
+                            rank.eq(kept), in_rows.eq(0), first_row.eq(1),
+                            load_set.eq(~load_set),
+                            src_set.eq(1),                      # so the load files into set 0
+                            win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
+                            win_width_mask.eq((1 << (width - radix)) - 1),
+                        ]
                         m.next = "LOAD"
+
+            if pair_tokens:
+                with m.State("PAIR_LOAD"):
+                    final_beat = load_left <= lanes_in
+                    m.d.comb += self.scores.ready.eq(1)
+                    with m.If(self.scores.valid):
+                        for i, key in enumerate(pair_key):
+                            with m.If(pair_beat == i // lanes_in):
+                                m.d.sync += key.eq(key_in[i % lanes_in])
+                        m.d.sync += [pair_beat.eq(pair_beat + 1),
+                                     load_left.eq(Mux(final_beat, 0, load_left - lanes_in))]
+                        with m.If(final_beat):
+                            m.d.sync += pair_wait.eq(PAIR_RANKS_LATENCY)
+                            m.next = "PAIR_RANK"
+
+                with m.State("PAIR_RANK"):
+                    # Rows past n keep nothing, and the pass ends with the beat that completes k.
+                    with m.If(pair_wait != 0):
+                        m.d.sync += pair_wait.eq(pair_wait - 1)
+                    with m.Elif(~emitting):
+                        m.d.sync += [
+                            emit_bitmap.eq(ranker.keep), emitting.eq(1), emit_pairs.eq(1),
+                            emit_row.eq(0), emit_rows.eq(pair_rows), emitted.eq(0), emit_k.eq(k_total),
+                        ]
+                        m.next = "IDLE"
 
             with m.State("LOAD"):
                 final_chunk = load_left <= p

@@ -25,6 +25,11 @@ SIMULATORS = ("verilator", "icarus")
 
 #: The variable a bench reads to find the manifest of the design it drives.
 MANIFEST_ENV = "SPATTN_MANIFEST"
+#: Verilator options after cocotb's own. The benches reach only the top module's ports, so only the
+#: top module stays visible to VPI: cocotb's ``--public-flat-rw`` made every signal of every module
+#: public, which keeps Verilator from inlining and optimising them and makes the C++ far larger.
+VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
+                        "--no-public-flat-rw", "--public-depth", "1"]
 
 
 class BenchFailed(AssertionError):
@@ -74,7 +79,7 @@ def run_bench(block, cfg: AccelConfig, test_module, simulator="verilator", build
     try:
         runner = get_runner(simulator)
         # the generated file as it is, on either simulator
-        build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"] if simulator == "verilator" else []
+        build_args = VERILATOR_BUILD_ARGS if simulator == "verilator" else []
         runner.build(sources=[verilog_path], hdl_toplevel=manifest["top"], build_dir=build_dir,
                      always=True, waves=waves, timescale=("1ns", "1ps"), build_args=build_args)
         env = {**env_add, MANIFEST_ENV: str(manifest_path), **(extra_env or {})}

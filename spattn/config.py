@@ -40,6 +40,7 @@ BOARDS = {
 
 #: Most comparator lanes the top-k engine supports (its compaction networks grow as lanes squared).
 MAX_TOPK_COMPARATORS = 32
+MAX_TOPK_PAIR_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class AccelConfig:
     of ``act_msb_bits`` and an LSB plane of the rest; dot products accumulate in ``acc_bits``;
     the top-k engine ranks ``score_bits``-wide signed scores.
     Engines: a ``pe_rows`` x ``pe_cols`` multiply-accumulate array; a top-k engine with
-    ``topk_comparators`` lanes, fed ``topk_stream_lanes`` scores per input beat.
+    ``topk_comparators`` lanes, fed ``topk_stream_lanes`` scores per input beat, which ranks runs of
+    at most ``topk_pair_tokens`` scores by comparing every pair (0: never).
     Target: ``board`` (a key of :data:`BOARDS`) at ``clock_mhz`` (from the board oscillator through
     a PLL where it differs); the host link's UART runs at ``link_baud``.
     """
@@ -77,6 +79,10 @@ class AccelConfig:
 
     topk_comparators: int = 16
     topk_stream_lanes: int = 16
+    # Runs of at most this many scores (and max_tokens) skip the radix selection: n (n - 1) / 2
+    # comparators rank every score at once, so a short run costs a few cycles instead of a few
+    # dozen. 16 scores of 16 bits cost about 2,500 LUT4s on the ECP5.
+    topk_pair_tokens: int = 16
 
     # --- Sparse-attention algorithm (golden model, pruning controller). The defaults mean dense:
     # nothing pruned, full precision, no thresholds, no masks. A schedule holds one value per layer
@@ -258,6 +264,10 @@ def _topk(cfg):
     if cfg.topk_stream_lanes % p:
         raise ConfigError(f"topk_comparators ({p}) must divide topk_stream_lanes "
                           f"({cfg.topk_stream_lanes})")
+    pairs = cfg.topk_pair_tokens
+    if not isinstance(pairs, int) or isinstance(pairs, bool) or not 0 <= pairs <= MAX_TOPK_PAIR_TOKENS:
+        raise ConfigError(f"topk_pair_tokens must be in 0..{MAX_TOPK_PAIR_TOKENS} (its comparators grow "
+                          f"as the square), not {pairs!r}")
 
 
 def _fits_board(cfg):
@@ -336,7 +346,9 @@ PRESETS = {
     "tiny": dataclasses.replace(
         _BASE, name="tiny", board="icebreaker", clock_mhz=12.0, max_tokens=64, heads=2, head_dim=16,
         act_bits=8, act_msb_bits=6, act_frac=4, acc_bits=20, score_bits=12,
-        pe_rows=2, pe_cols=2, topk_comparators=4, topk_stream_lanes=4),
+        pe_rows=2, pe_cols=2, topk_comparators=4, topk_stream_lanes=4,
+        # The iCEBreaker's UP5K has no room for 120 comparators beside the engine.
+        topk_pair_tokens=0),
     "default": _BASE,
     # 8 fraction bits (range +-8) leave the 8-bit MSB planes 4 fraction bits. MiniLM's Q and K
     # reach +-12.1 in layer 0, so a few outliers saturate, which costs the sentence embeddings less
@@ -345,7 +357,10 @@ PRESETS = {
         _BASE, name="minilm", max_tokens=256, heads=12, head_dim=32, act_frac=8, pe_rows=8, pe_cols=8,
         # nextpnr closes the accelerator at 44 MHz (reports/accelerator_pnr.md); the PLL makes 40,
         # 20 cycles per bit at 2 MBd.
-        clock_mhz=40.0, link_baud=2_000_000),
+        clock_mhz=40.0, link_baud=2_000_000,
+        # Its only top-k engine is the pruning controller's, whose selections are a few hundred of
+        # a layer's million cycles: 120 comparators of 31-bit importance would buy nothing.
+        topk_pair_tokens=0),
 }
 
 

@@ -44,6 +44,10 @@ def test_sizes_must_be_positive_integers(field, value):
     (dict(topk_comparators=33, topk_stream_lanes=33),
      r"topk_comparators must be in 1..32, not 33"),
     (dict(topk_comparators=3), r"topk_comparators \(3\) must divide topk_stream_lanes \(16\)"),
+    (dict(topk_pair_tokens=33), r"topk_pair_tokens must be in 0..32 \(its comparators grow as the square\), "
+                                r"not 33"),
+    (dict(topk_pair_tokens=-1), r"topk_pair_tokens must be in 0..32 .*, not -1"),
+    (dict(topk_pair_tokens=4.0), r"topk_pair_tokens must be in 0..32 .*, not 4.0"),
     (dict(pe_rows=16, pe_cols=16), r"pe_rows x pe_cols = 16 x 16 needs 256 multipliers, more than the 156 "
                                    r"of board ulx3s-85f"),
     (dict(act_bits=24, act_msb_bits=8, acc_bits=60),

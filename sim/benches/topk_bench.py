@@ -232,16 +232,17 @@ async def random_runs(dut):
 
 @cocotb.test()
 async def cycle_bound(dut):
-    """Adversarial orders stay within the documented worst case."""
+    """Adversarial orders stay within the documented worst case, on the longest runs and on the
+    longest that are ranked by all pairs."""
     bench, cfg, _ = await setup(dut, seed_offset=3)
-    n = cfg.max_tokens
-    for name, scores in adversarial_cases(cfg, n).items():
-        for k in [1, n // 10, n // 2, n - n // 10, n - 1]:
-            bench.submit(n, k, scores)
-            await bench.drain()
-            cycles = bench.finished[-1][2]
-            bound = TopKEngine.worst_case_cycles(cfg, n)
-            assert cycles <= bound, f"{name} k={k}: {cycles} cycles, over the bound {bound}"
+    for n in sorted({cfg.max_tokens, TopKEngine.pair_tokens(cfg)} - {0}):
+        for name, scores in adversarial_cases(cfg, n).items():
+            for k in sorted({1, n // 10, n // 2, n - n // 10, n - 1, n} - {0}):
+                bench.submit(n, k, scores)
+                await bench.drain()
+                cycles = bench.finished[-1][2]
+                bound = TopKEngine.worst_case_cycles(cfg, n)
+                assert cycles <= bound, f"n={n} {name} k={k}: {cycles} cycles, over the bound {bound}"
     await bench.finish()
 
 
@@ -249,8 +250,10 @@ async def cycle_bound(dut):
 async def reset_mid_run(dut):
     """A reset at any point of a run drops it cleanly; the next runs are correct."""
     bench, cfg, rng = await setup(dut, 0.2, 0.2, seed_offset=4)
-    n = cfg.max_tokens
-    for delay in [0, 1, 2, 5, 9, 17, 30, 50, 80, 120]:
+    # Every other reset hits a run ranked by all pairs, where the engine has them.
+    lengths = [cfg.max_tokens, TopKEngine.pair_tokens(cfg) or cfg.max_tokens]
+    for number, delay in enumerate([0, 1, 2, 5, 9, 17, 30, 50, 80, 120, 3, 6]):
+        n = lengths[number % 2]
         bench.submit(n, n // 3, random_scores(cfg, rng, n, "full"))
         for _ in range(delay):
             await RisingEdge(dut.clk)

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.formal
 
 TINY = preset("tiny")
 SMALL_TOPK = dataclasses.replace(TINY, max_tokens=8, topk_comparators=2, topk_stream_lanes=2, score_bits=4)
+# Runs of up to 5 of its 8 scores ranked by all pairs, the others by radix selection.
+PAIRS_TOPK = dataclasses.replace(SMALL_TOPK, topk_pair_tokens=5)
 
 
 def topk(cfg):
@@ -71,6 +73,7 @@ def axi_legal(dut):
 PROOFS = {
     "topk_small_contract": (lambda: topk(SMALL_TOPK), {"assume": topk_legal(SMALL_TOPK)}, "prove", 6),
     "topk_tiny_contract": (lambda: topk(TINY), {"assume": topk_legal(TINY)}, "prove", 6),
+    "topk_pairs_contract": (lambda: topk(PAIRS_TOPK), {"assume": topk_legal(PAIRS_TOPK)}, "prove", 6),
     "pe_array_tiny_contract": (pe_array, {"assume": pe_legal(TINY)}, "prove", 6),
     "pe_array_ws_tiny_contract": (lambda: pe_array("weight_stationary"), {"assume": pe_legal(TINY)}, "bmc", 18),
     "kept_merge_tiny_contract": (kept_merge, {"assume": lambda dut: [(~dut.go | dut.idle, "go only when idle")]},

@@ -40,15 +40,21 @@ pytestmark = pytest.mark.formal
 TINY = preset("tiny")
 
 #: Configurations the top-k properties are checked on: (config, depth of the bounded check,
-#: solver). ``micro``: 4 tokens, P = 2, 2 score lanes, 3-bit scores; the depth must let every kind
-#: of run complete (``test_topk_runs_complete_within_depth`` says at which step each does).
+#: solver). ``micro``: 4 tokens, P = 2, 2 score lanes, 3-bit scores, every run by radix selection;
+#: ``micro_pairs``: the same with every run ranked by all pairs (a mix of both kinds to depth 28
+#: took 289 s; the stream contract with both kinds is proven in ``test_stream_contracts.py``). The
+#: depth must let every kind of run complete (``test_topk_runs_complete_within_depth`` says at which
+#: step each does).
+MICRO = dataclasses.replace(TINY, max_tokens=4, topk_comparators=2, topk_stream_lanes=2, score_bits=3,
+                            topk_pair_tokens=0)
 TOPK_CONFIGS = {
-    "micro": (dataclasses.replace(TINY, max_tokens=4, topk_comparators=2, topk_stream_lanes=2, score_bits=3),
-              28, "boolector"),
+    "micro": (MICRO, 28, "boolector"),
+    "micro_pairs": (dataclasses.replace(MICRO, topk_pair_tokens=4), 18, "boolector"),
 }
 #: Deeper checks (marker ``formal_slow``, not in ``make test``): past the engine's worst case.
 TOPK_DEEP = {
     "micro": 40,
+    "micro_pairs": 28,
 }
 
 def engine(cfg):

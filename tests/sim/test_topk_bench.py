@@ -8,15 +8,16 @@ import pytest
 from spattn.config import preset
 from spattn.sim.runner import SIMULATORS, run_bench
 
-# The tiny preset (P = S = 4) runs every test with at least 10^4 index beats in the random one;
-# the others cover one lane, a beat split over several cycles (S = 2P) and a lane count that is not
-# a power of two, with fewer random beats.
+# The tiny preset (P = S = 4, every run by radix selection) runs every test with at least 10^4
+# index beats in the random one; the others cover one lane, a beat split over several cycles
+# (S = 2P) and a lane count that is not a power of two, with fewer random beats, and rank their short
+# runs by all pairs (up to 16 scores in 8 two-lane beats; up to 7, not a whole beat or row).
 CONFIGS = {
     "tiny": (preset("tiny"), 10_000),
     "p1": (dataclasses.replace(preset("tiny"), name="p1", max_tokens=20, topk_comparators=1,
-                               topk_stream_lanes=2), 1_500),
+                               topk_stream_lanes=2, topk_pair_tokens=16), 1_500),
     "p3s6": (dataclasses.replace(preset("tiny"), name="p3s6", max_tokens=40, topk_comparators=3,
-                                 topk_stream_lanes=6, score_bits=8), 1_500),
+                                 topk_stream_lanes=6, score_bits=8, topk_pair_tokens=7), 1_500),
 }
 
 
