@@ -276,6 +276,15 @@ def _current_step(build_dir, name, board):
                 ("the build script", None))
 
 
+def _remove_outputs(build_dir, name, board):
+    """Delete what an earlier build left of each step, so that the step running now is found
+    (a step is done when its output exists) and its own log is the one shown."""
+    for _, output, log in _steps(name, board):
+        for path in (output, log):
+            if path is not None:
+                (Path(build_dir) / path).unlink(missing_ok=True)
+
+
 def _last_log_line(path):
     """The last non-empty line of a tool's log, for a progress line."""
     try:
@@ -307,6 +316,7 @@ PROGRESS_INTERVAL_S = 30
 def _run_script(plan, build_dir, env, name, board, cfg, progress):
     """Run the build script, telling ``progress`` the step, the elapsed time and the log's last line."""
     plan.extract(str(build_dir))
+    _remove_outputs(build_dir, name, board)
     started = time.monotonic()
     process = subprocess.Popen(["sh", f"{plan.script}.sh"], cwd=build_dir, env=env)
     shown = None

@@ -254,3 +254,18 @@ def test_tool_failure_names_the_step(tmp_path, mults, opts, message):
     with pytest.raises(BuildError, match=r"FPGA build of preset 'tiny' for board 'icebreaker' " + message):
         build_bitstream(preset("tiny"), "icebreaker", tmp_path, harness=_StandInHarness(64, mults),
                         nextpnr_opts=opts)
+
+
+def test_a_rebuild_reports_its_own_steps(tmp_path):
+    """Files an earlier build left behind are removed before the script runs: otherwise its Yosys
+    output made the progress line show nextpnr and the old nextpnr log during the new Yosys run."""
+    from spattn.fpga.build import BOARDS, _current_step, _remove_outputs, _steps
+    board = BOARDS["ulx3s-85f"]
+    for _, output, log in _steps("design", board):
+        for path in (output, log):
+            if path:
+                (tmp_path / path).write_text("from the last build\n")
+    assert _current_step(tmp_path, "design", board)[0] == "the build script"
+    _remove_outputs(tmp_path, "design", board)
+    assert _current_step(tmp_path, "design", board) == ("Yosys", "design.rpt")
+    assert not any(tmp_path.iterdir())

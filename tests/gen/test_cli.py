@@ -58,7 +58,7 @@ def test_units_command_writes_the_table(tmp_path, capsys):
     assert (tmp_path / "build" / "topk-tiny" / "spattn_topk.v").exists()
 
 
-@pytest.mark.slow(seconds=200)
+@pytest.mark.slow(seconds=40)
 def test_check_command_runs_the_board_system_at_its_own_link_rate(monkeypatch, capsys):
     """``spattn check`` as ``make`` runs it, on tiny: the board system's Verilog on Verilator, a
     sentence of 2 tokens through its UART pins at tiny's own 1 MBd, then the malformed frames."""

@@ -24,7 +24,7 @@ ENV = {
 
 
 #: Seconds each run takes alone on a core (measured), for the order of `make test` (tests/conftest.py).
-SECONDS = {("minilm", "verilator"): 200, ("tiny", "verilator"): 340, ("tiny", "icarus"): 90}
+SECONDS = {("minilm", "verilator"): 115, ("tiny", "verilator"): 165, ("tiny", "icarus"): 75}
 
 
 @pytest.mark.parametrize("config, simulator", [

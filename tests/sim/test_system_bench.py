@@ -29,7 +29,7 @@ RUNS = {
 
 
 #: Seconds each run takes alone on a core (measured), for the order of `make test` (tests/conftest.py).
-SECONDS = {("minilm", "verilator"): 290, ("tiny", "icarus"): 80}
+SECONDS = {("minilm", "verilator"): 95, ("tiny", "icarus"): 80}
 
 
 @pytest.mark.parametrize("config, simulator", [
