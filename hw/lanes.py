@@ -104,11 +104,12 @@ def compact(flags, values, ranks, slot):
 
     With ``ranks = exclusive_prefix_counts(...)``, calling this for every slot packs the set lanes
     to the front in lane order: a zero eliminator. ``flags``, ``values`` and ``ranks`` should be
-    signals, since this is called once per slot.
+    signals, since this is called once per slot. A lane's rank never exceeds its position, so the
+    lanes before ``slot`` are left out (the ranks are registers: synthesis cannot see that).
     """
     width = Value.cast(values[0]).shape().width
     picked = Const(0, width)
-    for flag, value, rank in zip(flags, values, ranks):
+    for flag, value, rank in list(zip(flags, values, ranks))[slot:]:
         picked = picked | Mux(flag & (rank == slot), Value.cast(value).as_unsigned(), 0)
     return picked
 

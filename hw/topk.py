@@ -1,6 +1,6 @@
 """Top-k engine: radix selection over per-lane bucket lists held in block RAM."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -154,7 +154,6 @@ class TopKEngine(wiring.Component):
         row_shape = unsigned(row_bits)
         fill_shape = unsigned(row_bits + 1)          # 0 ..= topk_rows entries of one list
         count_shape = unsigned(cfg.count_bits)
-        shift_shape = unsigned(bits_for(width))
         bucket_shape = unsigned(radix)
 
         def key_of(score):
@@ -196,11 +195,22 @@ class TopKEngine(wiring.Component):
         src_fill = [Signal(fill_shape, name=f"src_fill{lane}") for lane in range(p)]
         # The window the current level files by: keys whose bits at and above shift + radix equal
         # win_base's go to bucket key[shift + radix - 1 : shift]; keys below or above the window
-        # go to the first or last bucket.
-        win_shift = Signal(shift_shape)
+        # go to the first or last bucket. Windows start at multiples of the radix (the highest one
+        # ends at the key's top bit), so each lane takes its digit through a small multiplexer, not
+        # a barrel shifter (16-bit keys: 16 LUT4s a lane instead of 89).
+        window_shifts = sorted({_aligned_shift(bit, radix, width) for bit in range(width)})
+        win_select = Signal(len(window_shifts))     # one-hot: which of window_shifts
         win_mask = Signal(key_shape)
         win_base = Signal(key_shape)
-        win_width_mask = Signal(key_shape)           # (1 << win_shift) - 1: within one bucket
+        win_width_mask = Signal(key_shape)           # (1 << shift) - 1: within one bucket
+
+        def shifted_by_window(select, value, extra=0):
+            """``value << (shift + extra)``, cut to the key's width, for the window that the one-hot
+            ``select`` picks."""
+            picked = Const(0, key_shape)
+            for option, shift in enumerate(window_shifts):
+                picked = picked | Mux(select[option], (Value.cast(value) << (shift + extra))[:width], 0)
+            return picked
 
         # ---- Level input: stage x holds (valid, row, key) per lane from the load or a round. ----
         x_valid = [Signal(name=f"x_valid{lane}") for lane in range(p)]
@@ -250,16 +260,17 @@ class TopKEngine(wiring.Component):
         set_lo = Signal(key_shape)
         window_smear = wire(m, Mux(s1_first, first_smear, range_smear), "window_smear")
         window_low = wire(m, Mux(s1_first, first_key, set_lo), "window_low")
-        high_bits = wire(m, ~window_smear & ~Const((1 << radix) - 1, key_shape), "window_high", key_shape)
-        # The smear is a run of ones up to the highest differing bit h; the digit starts at
-        # h + 1 - radix (at least 0), and the bits below it are one bucket's width.
+        # The smear is a run of ones up to the highest differing bit h; the window is the aligned
+        # digit that holds h (the lowest when no bit differs). The bits above it must match, the
+        # bits below it are one bucket's width.
         top_bit = [wire(m, window_smear[bit] & ~(window_smear[bit + 1] if bit + 1 < width else 0),
                         f"window_top{bit}") for bit in range(width)]
-        shift = 0
-        for bit in range(radix, width):
-            shift = shift | Mux(top_bit[bit], bit + 1 - radix, 0)
-        low_bits = wire(m, ~high_bits >> radix, "window_low_bits", key_shape)
-        new_window = [win_shift.eq(shift), win_mask.eq(high_bits), win_base.eq(window_low & high_bits),
+        higher = [Cat(*(top_bit[bit] for bit in range(width) if _aligned_shift(bit, radix, width) == shift)).any()
+                  for shift in window_shifts[1:]]
+        select = wire(m, Cat(~Cat(*higher).any(), *higher), "window_select", len(window_shifts))
+        high_bits = wire(m, shifted_by_window(select, key_max >> radix, radix), "window_high", key_shape)
+        low_bits = wire(m, ~shifted_by_window(select, key_max) & key_max, "window_low_bits", key_shape)
+        new_window = [win_select.eq(select), win_mask.eq(high_bits), win_base.eq(window_low & high_bits),
                       win_width_mask.eq(low_bits)]
 
         # Round path: list slot -> (lists bank) row -> register -> (input bank) key -> x. Block-RAM
@@ -299,13 +310,18 @@ class TopKEngine(wiring.Component):
             # exactly when it is below win_base: one comparator and one equality per lane.
             inside = wire(m, ((x_key[lane] ^ win_base) & win_mask) == 0, f"x_inside{lane}")
             below = wire(m, x_key[lane] < win_base, f"x_below{lane}")
-            digit = wire(m, (x_key[lane] >> win_shift)[:radix], f"x_digit{lane}", bucket_shape)
+            digit = 0
+            for option, shift in enumerate(window_shifts):
+                digit = digit | Mux(win_select[option], x_key[lane][shift:shift + radix], 0)
+            digit = wire(m, digit, f"x_digit{lane}", bucket_shape)
             m.d.sync += [
                 y_valid[lane].eq(x_valid[lane]), y_row[lane].eq(x_row[lane]),
-                y_bucket[lane].eq(Mux(inside, digit, Mux(below, 0, buckets - 1))),
+                # An empty lane files in bucket 0, so that the counts of the buckets above it need
+                # not look at its valid bit.
+                y_bucket[lane].eq(Mux(x_valid[lane], Mux(inside, digit, Mux(below, 0, buckets - 1)), 0)),
             ]
-        # Next free slot of every bucket list of a lane: LUT RAM (two read ports: filing's and the
-        # decision's), with a valid bit per bucket so that a level starts with every list empty.
+        # Next free slot of every bucket list of a lane: LUT RAM, with a valid bit per bucket so
+        # that a level starts with every list empty.
         clear_fill = Signal()                        # a registered pulse: fan-out to every list
         m.d.sync += clear_fill.eq(0)
         chosen = Signal(bucket_shape)
@@ -317,20 +333,20 @@ class TopKEngine(wiring.Component):
         for lane in range(p):
             fills = memory.Memory(shape=fill_shape, depth=buckets, init=[])
             m.submodules[f"fills{lane}"] = fills
-            fill_w, fill_r, fill_chosen = (fills.write_port(), fills.read_port(domain="comb"),
-                                           fills.read_port(domain="comb"))
+            fill_w, fill_r = fills.write_port(), fills.read_port(domain="comb")
             used = Signal(buckets, name=f"fill_used{lane}")
             z_bucket = Signal(bucket_shape, name=f"z_bucket{lane}")
             z_row = Signal(row_shape, name=f"z_row{lane}")
             z_slot = Signal(fill_shape, name=f"z_slot{lane}")
             z_after = wire(m, z_slot + 1, f"z_after{lane}", fill_shape)
-            m.d.comb += [fill_r.addr.eq(y_bucket[lane]), fill_chosen.addr.eq(chosen)]
-            stored = Mux(used.bit_select(y_bucket[lane], 1), fill_r.data, 0)
+            # One read port serves filing and, once a level's keys are all filed, the decision.
+            fill_addr = wire(m, Mux(y_valid[lane], y_bucket[lane], chosen), f"fill_addr{lane}", bucket_shape)
+            m.d.comb += fill_r.addr.eq(fill_addr)
+            stored = wire(m, Mux(used.bit_select(fill_addr, 1), fill_r.data, 0), f"fill_stored{lane}", fill_shape)
             behind = z_valid[lane] & (z_bucket == y_bucket[lane])
             m.d.sync += [z_valid[lane].eq(y_valid[lane]), z_bucket.eq(y_bucket[lane]), z_row.eq(y_row[lane]),
                          z_slot.eq(Mux(behind, z_after, stored))]
-            chosen_fill.append(wire(m, Mux(used.bit_select(chosen, 1), fill_chosen.data, 0),
-                                    f"chosen_fill{lane}", fill_shape))
+            chosen_fill.append(stored)
             m.d.comb += [fill_w.addr.eq(z_bucket), fill_w.data.eq(z_after), fill_w.en.eq(z_valid[lane]),
                          lists_w[lane].addr.eq(Cat(z_slot[:row_bits], z_bucket, dst_set)),
                          lists_w[lane].data.eq(z_row), lists_w[lane].en.eq(z_valid[lane])]
@@ -347,7 +363,7 @@ class TopKEngine(wiring.Component):
         suffix = [Signal(count_shape, name=f"suffix{b}") for b in range(buckets)]
         for b in range(buckets):
             for i, lanes in enumerate(halves):
-                at_or_above = [y_valid[lane] & (y_bucket[lane] >= b if b else 1) for lane in lanes]
+                at_or_above = [y_bucket[lane] >= b if b else y_valid[lane] for lane in lanes]
                 m.d.sync += half[b][i].eq(popcount(m, at_or_above, f"half{b}_{i}") if at_or_above else 0)
             m.d.sync += part[b].eq(half[b][0] + half[b][1])
             with m.If(clear_fill):
@@ -388,7 +404,6 @@ class TopKEngine(wiring.Component):
         # E5 (pack) -> output FIFO. ----
         layout = topk_indices_layout(cfg)
         lane_shape = unsigned(bits_for(p))
-        index_shape = unsigned(cfg.index_bits)
         m.submodules.out_fifo = out_fifo = fifo.SyncFIFOBuffered(width=layout.size, depth=_OUT_DEPTH)
         beat = data.View(layout, Signal(layout.size))
         m.d.comb += [out_fifo.w_data.eq(beat.as_value()),
@@ -399,9 +414,10 @@ class TopKEngine(wiring.Component):
         # A row is issued only while the FIFO has room for a beat from every row in flight.
         emit_stages = 6
         room = wire(m, out_fifo.level < _OUT_DEPTH - emit_stages, "emit_room")
-        m.d.comb += emit_issue.eq(emitting)
-        # A short run's pass (``emit_pairs``) takes its rows from the kept-key bitmap instead.
+        # A short run's pass (``emit_pairs``) takes its rows from the kept-key bitmap instead, and
+        # leaves the input bank's read port to the next run's levels.
         emit_pairs = Signal()
+        m.d.comb += emit_issue.eq(emitting & ~emit_pairs)
         issuing = wire(m, emitting & ~emit_pairs & (emit_row != emit_rows) & room, "emit_issuing")
         pair_issuing = wire(m, emitting & emit_pairs & (emit_row != emit_rows) & room, "pair_issuing")
         e_valid = [Signal(name=f"e{stage + 1}_valid") for stage in range(emit_stages)]
@@ -450,16 +466,21 @@ class TopKEngine(wiring.Component):
                     m.d.sync += e4_keep[lane].eq(bit)
         e5_keep = [Signal(name=f"e5_keep{lane}") for lane in range(p)]
         e5_rank = [Signal(lane_shape, name=f"e5_rank{lane}") for lane in range(p)]
-        e5_index = [Signal(index_shape, name=f"e5_index{lane}") for lane in range(p)]
+        e5_base = Signal.like(e4_base)
         e5_count = Signal(lane_shape)
         keep_ranks = exclusive_prefix_counts(m, e4_keep, "emit_keep_rank")
-        m.d.sync += e5_count.eq(popcount(m, e4_keep, "emit_keep_count"))
+        m.d.sync += [e5_count.eq(popcount(m, e4_keep, "emit_keep_count")), e5_base.eq(e4_base)]
         for lane in range(p):
-            m.d.sync += [e5_keep[lane].eq(e4_keep[lane]), e5_rank[lane].eq(keep_ranks[lane]),
-                         e5_index[lane].eq((e4_base + lane)[:cfg.index_bits])]
+            m.d.sync += [e5_keep[lane].eq(e4_keep[lane]), e5_rank[lane].eq(keep_ranks[lane])]
         emitted = Signal(count_shape)
+        # The packing moves lane numbers, not indices (fewer bits through the network), and the
+        # row's first index is added after it; with P a power of two that index has the lane bits
+        # clear, so the sum is an OR.
+        lane_numbers = [Const(lane, lane_shape) for lane in range(p)]
         for slot in range(p):
-            m.d.comb += beat.index[slot].eq(compact(e5_keep, e5_index, e5_rank, slot))
+            picked = wire(m, compact(e5_keep, lane_numbers, e5_rank, slot), f"emit_lane{slot}", lane_shape)
+            index = (e5_base | picked) if p & (p - 1) == 0 else (e5_base + picked)
+            m.d.comb += beat.index[slot].eq(index[:cfg.index_bits])
         m.d.comb += [beat.count.eq(e5_count), beat.last.eq(emitted + e5_count >= emit_k)]
         with m.If(issuing):
             m.d.sync += emit_row.eq(emit_row + 1)
@@ -504,7 +525,7 @@ class TopKEngine(wiring.Component):
                             rank.eq(kept), in_rows.eq(0), first_row.eq(1),
                             load_set.eq(~load_set),
                             src_set.eq(1),                      # so the load files into set 0
-                            win_shift.eq(width - radix), win_mask.eq(0), win_base.eq(0),
+                            win_select.eq(1 << (len(window_shifts) - 1)), win_mask.eq(0), win_base.eq(0),
                             win_width_mask.eq((1 << (width - radix)) - 1),
                         ]
                         m.next = "LOAD"
@@ -583,7 +604,7 @@ class TopKEngine(wiring.Component):
                 for b in range(1, buckets):
                     at = Mux(chosen == b, suffix[b], at)
                     above = Mux(chosen == b - 1, suffix[b], above)
-                low = win_base | (chosen.as_unsigned() << win_shift)[:width]
+                low = win_base | shifted_by_window(win_select, chosen.as_unsigned())
                 m.d.sync += [
                     sum_at.eq(at), sum_above.eq(above),
                     bucket_lo.eq(Mux(chosen == 0, 0, low)),
@@ -615,16 +636,17 @@ class TopKEngine(wiring.Component):
                 m.next = "NEXT"
 
             with m.State("NEXT"):
-                with m.If(emitting):
-                    pass    # the run before is still emitting: its pass owns the input bank's port
-                with m.Elif(known):
-                    m.d.sync += [
-                        kth.eq(set_lo), eq_left.eq(tie_count), eq_room.eq(tie_room),
-                        emitting.eq(1), emit_set.eq(load_set), emit_row.eq(0), emitted.eq(0),
-                        emit_k.eq(k_total), emit_rows.eq(in_rows), emit_last.eq(in_last),
-                    ]
-                    m.next = "IDLE"
-                with m.Else():
+                with m.If(known):
+                    # After the pass of the run before: there is one emit pipeline.
+                    with m.If(~emitting):
+                        m.d.sync += [
+                            kth.eq(set_lo), eq_left.eq(tie_count), eq_room.eq(tie_room),
+                            emitting.eq(1), emit_set.eq(load_set), emit_row.eq(0), emitted.eq(0),
+                            emit_k.eq(k_total), emit_rows.eq(in_rows), emit_last.eq(in_last),
+                        ]
+                        m.next = "IDLE"
+                with m.Elif(~emit_issue):
+                    # A pass that reads the input bank owns its read port; a short run's pass does not.
                     m.d.sync += new_window
                     m.d.sync += clear_fill.eq(1)
                     m.d.sync += [src_set.eq(dst_set), src_bucket.eq(chosen), rd_slot.eq(0),
@@ -647,6 +669,12 @@ class TopKEngine(wiring.Component):
 
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | emitting | out_fifo.r_rdy)
         return m
+
+
+def _aligned_shift(bit, radix, width):
+    """Where the window holding key bit ``bit`` starts: a multiple of ``radix``, or ``width - radix``
+    for the window that ends at the key's top bit."""
+    return min(bit - bit % radix, width - radix)
 
 
 def _smear(m, value, name):
