@@ -79,18 +79,18 @@ class TopKEngine(wiring.Component):
     lanes until the output.
 
     * Load: each lane writes its keys in order to its block-RAM bank (R cycles at P scores per
-      cycle) and files each key's row in one of 16 bucket lists: by the 4 key bits below the
-      highest bit in which the first row's keys differ; keys outside that window go to the first
-      or last bucket. The lists are a second block-RAM bank per lane, one region per bucket, with
+      cycle) and files each key's row in one of 16 bucket lists: by the 4-bit digit that holds the
+      highest bit in which the first row's keys differ (digits start at multiples of 4; the top
+      one ends at the key's top bit); keys outside that window go to the first or last bucket. The lists are a second block-RAM bank per lane, one region per bucket, with
       the next free slot of each list in LUT RAM. Bucket counts summed over lanes are kept as
       suffix sums (keys in this bucket or above), so the load itself is the first selection level.
     * Decide (5 cycles): the bucket holding the k-th largest key is the highest one whose suffix
       sum reaches the rank still wanted; the keys above it are all kept. If every key of the
       bucket is kept, or it spans one value, the k-th key is known. Otherwise the next level reads
       that bucket's lists (each lane its own; as many rows as the longest list), fetches the keys
-      from the input bank by row, and files them by the 4 bits below the highest bit in which the
-      bucket's bounds differ. Every level after the first narrows the range 16 times, so there are
-      at most ``ceil(score_bits / 4)`` of them whatever the input (:meth:`levels`).
+      from the input bank by row, and files them by the digit that holds the highest bit in which
+      the bucket's bounds differ. Every level after the first resolves at least that digit, so
+      there are at most ``ceil(score_bits / 4)`` of them whatever the input (:meth:`levels`).
     * Emit: the input bank is read in order; a lane is kept when its key is above the k-th, or
       equal to it and among the first ones still needed; kept lanes are packed to the front of the
       beat, which goes into an output FIFO (so back-pressure never reaches the pipeline: a row is
