@@ -81,8 +81,9 @@ class TopKEngine(wiring.Component):
     * Load: each lane writes its keys in order to its block-RAM bank (R cycles at P scores per
       cycle) and files each key's row in one of 16 bucket lists: by the 4-bit digit that holds the
       highest bit in which the first row's keys differ (digits start at multiples of 4; the top
-      one ends at the key's top bit); keys outside that window go to the first or last bucket. The lists are a second block-RAM bank per lane, one region per bucket, with
-      the next free slot of each list in LUT RAM. Bucket counts summed over lanes are kept as
+      one ends at the key's top bit); keys outside that window go to the first or last bucket.
+      The lists are a second block-RAM bank per lane, one region per bucket, with the next free
+      slot of each list in LUT RAM. Bucket counts summed over lanes are kept as
       suffix sums (keys in this bucket or above), so the load itself is the first selection level.
     * Decide (5 cycles): the bucket holding the k-th largest key is the highest one whose suffix
       sum reaches the rank still wanted; the keys above it are all kept. If every key of the
@@ -265,7 +266,8 @@ class TopKEngine(wiring.Component):
         # bits below it are one bucket's width.
         top_bit = [wire(m, window_smear[bit] & ~(window_smear[bit + 1] if bit + 1 < width else 0),
                         f"window_top{bit}") for bit in range(width)]
-        higher = [Cat(*(top_bit[bit] for bit in range(width) if _aligned_shift(bit, radix, width) == shift)).any()
+        higher = [Cat(*(top_bit[bit] for bit in range(width)
+                        if _aligned_shift(bit, radix, width) == shift)).any()
                   for shift in window_shifts[1:]]
         select = wire(m, Cat(~Cat(*higher).any(), *higher), "window_select", len(window_shifts))
         high_bits = wire(m, shifted_by_window(select, key_max >> radix, radix), "window_high", key_shape)
@@ -342,7 +344,8 @@ class TopKEngine(wiring.Component):
             # One read port serves filing and, once a level's keys are all filed, the decision.
             fill_addr = wire(m, Mux(y_valid[lane], y_bucket[lane], chosen), f"fill_addr{lane}", bucket_shape)
             m.d.comb += fill_r.addr.eq(fill_addr)
-            stored = wire(m, Mux(used.bit_select(fill_addr, 1), fill_r.data, 0), f"fill_stored{lane}", fill_shape)
+            stored = wire(m, Mux(used.bit_select(fill_addr, 1), fill_r.data, 0), f"fill_stored{lane}",
+                          fill_shape)
             behind = z_valid[lane] & (z_bucket == y_bucket[lane])
             m.d.sync += [z_valid[lane].eq(y_valid[lane]), z_bucket.eq(y_bucket[lane]), z_row.eq(y_row[lane]),
                          z_slot.eq(Mux(behind, z_after, stored))]
