@@ -13,8 +13,9 @@ CONFIGS = {"tiny": preset("tiny"), "minilm": preset("minilm")}
 ENV = {
     # 64 = max_tokens under the settings that prune (the others reach max_tokens in the attention
     # bench and in this one's reset test); 1 token under every setting
+    # (head and value keep at 64 tokens run inside "combined"; all four took 534 s of `make test`)
     ("tiny", "verilator"): {"SPATTN_ACCEL_TOKENS": "1,64",
-                            "SPATTN_ACCEL_LONGEST_SETTINGS": "token keep,head keep,value keep,combined"},
+                            "SPATTN_ACCEL_LONGEST_SETTINGS": "token keep,combined"},
     ("tiny", "icarus"): {"SPATTN_ACCEL_TOKENS": "6"},
     # two of the eight settings (all eight run on tiny; the dense one on minilm runs through the
     # UART in test_system_bench.py, LSB recomputation at minilm's widths in test_attention_bench.py):
