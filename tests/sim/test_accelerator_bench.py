@@ -11,9 +11,9 @@ CONFIGS = {"tiny": preset("tiny"), "minilm": preset("minilm")}
 # sentence through 6 layers of 12 heads had not finished after 12 CPU minutes); Icarus runs every
 # test of the bench on tiny, and the minilm attention core on its own (test_attention_bench.py).
 ENV = {
-    # 64 = max_tokens under the settings that prune (the others reach max_tokens in the attention
-    # bench and in this one's reset test); 1 token under every setting
-    # (head and value keep at 64 tokens run inside "combined"; all four took 534 s of `make test`)
+    # 64 = max_tokens under token keep and the combined setting, which holds head and value keep too
+    # (the four pruning settings apart took 534 s of `make test`; the others reach max_tokens in the
+    # attention bench and in this one's reset test); 1 token under every setting
     ("tiny", "verilator"): {"SPATTN_ACCEL_TOKENS": "1,64",
                             "SPATTN_ACCEL_LONGEST_SETTINGS": "token keep,combined"},
     ("tiny", "icarus"): {"SPATTN_ACCEL_TOKENS": "6"},
