@@ -16,7 +16,7 @@ REPORTS := reports
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: all env verilog check bitstream test formal bench eval vectors clean
+.PHONY: all env verilog check bitstream test test-all formal bench eval vectors clean
 
 # Environment, Verilog of the preset, the board system's cocotb check against the golden model, the
 # bitstream and its resource/timing report (a missed clock fails the build). The check and the
@@ -52,9 +52,14 @@ check: env
 bitstream: env
 	$(BIN)/spattn bitstream --board $(BOARD) --preset $(PRESET) -o $(BUILD)/fpga/$(BOARD)
 
-# The slowest tests are listed at the end, to keep the 25-minute budget in view.
+# The slowest tests are listed at the end, to keep the 25-minute budget in view. `test-all` adds the
+# `extended` runs: whole sentences through the tiny system and heads of the minilm core on Icarus.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -q --durations=15
 test: env
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -q --durations=15
+	$(PYTEST) -m "not extended"
+
+test-all: env
+	$(PYTEST)
 
 # The SymbiYosys proofs alone (they also run in `make test`).
 formal: env
