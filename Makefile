@@ -53,7 +53,8 @@ bitstream: env
 	$(BIN)/spattn bitstream --board $(BOARD) --preset $(PRESET) -o $(BUILD)/fpga/$(BOARD)
 
 # The slowest tests are listed at the end, to keep the 25-minute budget in view. `test-all` adds the
-# `extended` runs: whole sentences through the tiny system and heads of the minilm core on Icarus.
+# `extended` runs: the tiny system's sentence and the minilm core's heads on Icarus, the minilm
+# accelerator under static masks.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder -q --durations=15
 test: env
 	$(PYTEST) -m "not extended"
