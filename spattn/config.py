@@ -314,6 +314,21 @@ def _algorithm(cfg):
 MAX_IMPORTANCE_BITS = 40
 
 
+#: Width of the attention core's fetch counters (plane-row requests issued, responses received). A
+#: pending row is released once the responses pass its own request, judged by the sign of their
+#: difference, which holds while fewer than ``2**(FETCH_SEQ_BITS - 1)`` responses arrive in one head:
+#: each token's Q, K and V rows, MSB and LSB planes, at most once a head (hw/attention/fetch.py).
+FETCH_SEQ_BITS = 16
+#: Most tokens the fetch counters order without wrapping.
+MAX_TOKENS = ((1 << (FETCH_SEQ_BITS - 1)) - 1) // 6
+
+
+def _fetch(cfg):
+    if cfg.max_tokens > MAX_TOKENS:
+        raise ConfigError(f"max_tokens must be at most {MAX_TOKENS} (6 plane rows a token through the "
+                          f"attention core's {FETCH_SEQ_BITS}-bit fetch counters), not {cfg.max_tokens}")
+
+
 def _importance(cfg):
     if cfg.importance_bits > MAX_IMPORTANCE_BITS:
         raise ConfigError(f"importance_bits (from max_tokens = {cfg.max_tokens}, heads = {cfg.heads}, "
@@ -327,7 +342,7 @@ def _importance(cfg):
 _RULES = [
     _positive("max_tokens", "heads", "head_dim", "act_bits", "act_msb_bits", "acc_bits", "score_bits",
               "pe_rows", "pe_cols", "topk_comparators", "topk_stream_lanes"),
-    _board, _link, _widths, _topk, _fits_board,
+    _board, _link, _widths, _topk, _fits_board, _fetch,
     _positive("layers"), _algorithm, _importance,
 ]
 

@@ -58,10 +58,18 @@ def test_sizes_must_be_positive_integers(field, value):
                        r"top-k engine\), not 2000"),
     (dict(max_tokens=65536), r"max_tokens = 65536 with topk_comparators = 16 needs up to 1440 block RAMs, "
                              r"more than the 208 of board ulx3s-85f"),
+    (dict(max_tokens=5462), r"max_tokens must be at most 5461 \(6 plane rows a token through the attention "
+                            r"core's 16-bit fetch counters\), not 5462"),
 ])
 def test_impossible_configurations_name_parameter_value_and_limit(changes, message):
     with pytest.raises(ConfigError, match=message):
         make(**changes)
+
+
+def test_token_limit_is_exact():
+    assert make(max_tokens=5461).max_tokens == 5461
+    with pytest.raises(ConfigError, match="max_tokens must be at most 5461"):
+        make(max_tokens=5462)
 
 
 def test_accumulator_width_limit_is_exact():

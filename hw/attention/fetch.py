@@ -5,14 +5,13 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from spattn.config import FETCH_SEQ_BITS as SEQ_BITS
 from spattn.formats import plane_row_bytes
 
 from .common import (PLANE_LSB, PLANE_MSB, TENSOR_K, TENSOR_Q, TENSOR_V, Geometry, ReadPort,
                      mem_request_layout, mem_response_layout)
 
 __all__ = ["FetchUnit", "item_layout", "plane_pair_layout"]
-
-SEQ_BITS = 16
 
 
 def item_layout(geo: Geometry):
