@@ -5,7 +5,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from spattn.config import FETCH_SEQ_BITS as SEQ_BITS
+from spattn.config import FETCH_SEQ_BITS
 from spattn.formats import plane_row_bytes
 
 from .common import (PLANE_LSB, PLANE_MSB, TENSOR_K, TENSOR_Q, TENSOR_V, Geometry, ReadPort,
@@ -84,7 +84,7 @@ class FetchUnit(wiring.Component):
         geo = self.geo
         m = Module()
         items = item_layout(geo)
-        pending_layout = data.StructLayout({"item": items, "seq": unsigned(SEQ_BITS)})
+        pending_layout = data.StructLayout({"item": items, "seq": unsigned(FETCH_SEQ_BITS)})
 
         # ---- plane buffers, written by responses --------------------------------------------
         inflight_layout = data.StructLayout({"tensor": unsigned(2), "plane": 1, "row": geo.index})
@@ -108,7 +108,7 @@ class FetchUnit(wiring.Component):
                     read.addr.eq(port.addr), read.en.eq(port.en),
                     getattr(port.data, field).eq(read.data),
                 ]
-        received = Signal(SEQ_BITS)
+        received = Signal(FETCH_SEQ_BITS)
         bytes_fetched = Signal(32)
         m.d.comb += self.bytes_fetched.eq(bytes_fetched)
         with m.If(resp_take):
@@ -143,7 +143,7 @@ class FetchUnit(wiring.Component):
         a_valid, a_tensor, a_item = Signal(), Signal(2), Signal(items)
         b_valid, b_tensor, b_item = Signal(), Signal(2), Signal(items)
         b_msb, b_lsb = Signal(), Signal()
-        issued = Signal(SEQ_BITS)
+        issued = Signal(FETCH_SEQ_BITS)
         req_take = Signal()
         # stage B finishes once no request is left (registered flags only, so that the inputs'
         # ready does not wait on the memory's)
@@ -216,7 +216,7 @@ class FetchUnit(wiring.Component):
             m.d.comb += [
                 fifo.w_en.eq(b_done & (b_tensor == tensor)),
                 fifo.w_data.eq(Cat(b_item, issued)),
-                out.valid.eq(fifo.r_rdy & ~(received - head.seq)[SEQ_BITS - 1]),
+                out.valid.eq(fifo.r_rdy & ~(received - head.seq)[FETCH_SEQ_BITS - 1]),
                 out.payload.eq(head.item),
                 fifo.r_en.eq(out.valid & out.ready),
             ]

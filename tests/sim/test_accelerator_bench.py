@@ -15,7 +15,7 @@ RUNS = {
     # (the four pruning settings apart took 534 s of `make test`; the others reach max_tokens in the
     # attention bench and in this one's reset test); 1 token under every setting
     ("tiny", "verilator", "every_setting"): {"SPATTN_ACCEL_TOKENS": "1,64",
-                                   "SPATTN_ACCEL_LONGEST_SETTINGS": "token keep,combined"},
+                                             "SPATTN_ACCEL_LONGEST_SETTINGS": "token keep,combined"},
     # the same hardware under every setting: Icarus, there for the written Verilog, runs the dense and
     # the combined one (79 s of `make test`'s 832 s on 2026-12-01 with all eight)
     ("tiny", "icarus", "dense_combined"): {"SPATTN_ACCEL_TOKENS": "6",
