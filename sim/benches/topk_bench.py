@@ -11,6 +11,7 @@ Environment: ``SPATTN_MANIFEST`` (set by :func:`spattn.sim.runner.run_bench`) na
 import collections
 import os
 import random
+import typing
 
 import cocotb
 from cocotb.clock import Clock
@@ -22,6 +23,16 @@ from spattn.sim.golden.topk import topk_indices
 from spattn.sim.runner import load_manifest
 
 SEED = int(os.environ.get("SPATTN_SEED", "20261125"))
+
+
+class FinishedRun(typing.NamedTuple):
+    """One checked run, its cycles counted from the accepted command."""
+    n: int
+    k: int
+    cycles: int                 # to the last index beat
+    ended: int                  # the last index beat's cycle
+    first_beat: int             # the first index beat's cycle
+    last_score: int | None      # the run's last score beat's cycle (None when n = 0)
 
 
 class TopKBench:
@@ -42,7 +53,8 @@ class TopKBench:
         self.beats_sent = 0         # score beats submitted since the last reset
         self.beats_before = 0       # score transfers before the last reset
         self.collected = []
-        self.finished = []          # (n, k, cycles from command to last beat, last beat's cycle) per run
+        self.first_beat = None      # cycle of the current run's first index beat
+        self.finished = []          # a FinishedRun per run
         self.failures = []
         self.resetting = False
         self.all_done = Event()
@@ -83,6 +95,8 @@ class TopKBench:
         if count == 0 and not (beat.last and not expected and not self.collected):
             return self._fail(f"n={n} k={k}: an empty beat that is not the lone end beat of a run "
                               f"that keeps nothing")
+        if self.first_beat is None:
+            self.first_beat = cycle
         self.collected += [beat.index[lane] for lane in range(count)]
         if not beat.last:
             if len(self.collected) >= len(expected):
@@ -96,7 +110,10 @@ class TopKBench:
                               f"score beats not taken")
         self.expected.popleft()
         self.collected = []
-        self.finished.append((n, k, cycle - self.cmd.transfers[cmd_number], cycle))
+        last_score = self.scores.transfers[self.beats_before + beats_through - 1] if n else None
+        self.finished.append(FinishedRun(n, k, cycle - self.cmd.transfers[cmd_number], cycle,
+                                         self.first_beat, last_score))
+        self.first_beat = None
         if not self.expected:
             self.all_done.set()
 
@@ -124,6 +141,7 @@ class TopKBench:
         self.expected.clear()
         self.beats_sent = 0
         self.collected = []
+        self.first_beat = None
         for _ in range(cycles):
             await RisingEdge(self.dut.clk)
         await FallingEdge(self.dut.clk)
@@ -240,7 +258,7 @@ async def cycle_bound(dut):
             for k in sorted({1, n // 10, n // 2, n - n // 10, n - 1, n} - {0}):
                 bench.submit(n, k, scores)
                 await bench.drain()
-                cycles = bench.finished[-1][2]
+                cycles = bench.finished[-1].cycles
                 bound = TopKEngine.worst_case_cycles(cfg, n)
                 assert cycles <= bound, f"n={n} {name} k={k}: {cycles} cycles, over the bound {bound}"
     await bench.finish()

@@ -5,6 +5,9 @@ file named by ``SPATTN_BENCH_OUT``, with free-flowing streams:
 
 * ``cycles``, ``max_cycles``: from command to last index beat of a run on its own, mean and worst
   over ``SPATTN_BENCH_TRIALS`` random score sets;
+* ``selection``: of those runs, the mean cycles from the last score beat to the first index beat
+  (the part of a run that no input or output rate can hide), and ``emission``, from the first
+  index beat to the last, both included;
 * ``back_to_back``: cycles per run when the same runs are queued one after another (from the first
   command to the last run's last beat, divided by the number of runs).
 
@@ -17,6 +20,7 @@ recorded one by more than ``SPEED_MARGIN``: the engine is held to its published 
 import json
 import os
 import random
+from statistics import mean
 
 import cocotb
 
@@ -41,17 +45,20 @@ async def sweep(dut):
     with open(os.environ["SPATTN_BENCH_OUT"], "w") as out:
         for n, k in json.loads(os.environ["SPATTN_TOPK_SWEEP"]):
             runs = [random_scores(cfg, rng, n, "full") for _ in range(trials)]
-            cycles = []
+            singles = []
             for scores in runs:
                 bench.submit(n, k, scores)
                 await bench.drain(max_cycles=10 * cfg.score_bits * n + 1000)
-                cycles.append(bench.finished[-1][2])
+                singles.append(bench.finished[-1])
             first_command = len(bench.cmd.transfers)
             for scores in runs:
                 bench.submit(n, k, scores)
             await bench.drain(max_cycles=trials * (10 * cfg.score_bits * n + 1000))
-            started, ended = bench.cmd.transfers[first_command], bench.finished[-1][3]
-            point = {"n": n, "k": k, "cycles": sum(cycles) / len(cycles), "max_cycles": max(cycles),
+            started, ended = bench.cmd.transfers[first_command], bench.finished[-1].ended
+            point = {"n": n, "k": k, "cycles": mean(run.cycles for run in singles),
+                     "max_cycles": max(run.cycles for run in singles),
+                     "selection": mean(run.first_beat - run.last_score for run in singles),
+                     "emission": mean(run.ended - run.first_beat + 1 for run in singles),
                      "back_to_back": (ended - started) / trials}
             out.write(json.dumps(point) + "\n")
             recorded = limits.get((n, k))

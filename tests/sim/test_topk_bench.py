@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from spattn.config import preset
+from spattn.sim.bench import bench_topk
 from spattn.sim.runner import SIMULATORS, run_bench
 
 # The tiny preset (P = S = 4, every run by radix selection) runs every test with at least 10^4
@@ -37,3 +38,20 @@ def test_default_engine():
     (``make bench``)."""
     run_bench("topk", preset("default"), "spattn.sim.benches.topk_bench", simulator="verilator",
               extra_env={"SPATTN_TOPK_BEATS": "1000"})
+
+
+@pytest.mark.slow(seconds=60)
+def test_cycle_sweep_splits_each_run(tmp_path):
+    """``spattn bench topk``'s split of a run: the input takes its beats (16 scores; a run ranked by
+    all pairs takes one a cycle, the others P scores a cycle), selection runs from the last score
+    beat to the first index beat, emission from there to the last beat, and the three add up to the
+    run's cycles; emission takes at least a beat per P indices."""
+    rows = bench_topk(tmp_path, sizes=(16, 64), lanes=(4,), trials=2)
+    assert [(row["n"], row["k"]) for row in rows] == [(16, 2), (16, 8), (16, 14), (64, 6), (64, 32), (64, 58)]
+    for row in rows:
+        rows_in, beats_in = -(-row["n"] // 4), -(-row["n"] // 16)
+        input_cycles = row["cycles"] - row["selection"] - row["emission"] + 1
+        assert (beats_in if row["n"] <= 16 else rows_in) <= input_cycles <= rows_in + 1, row
+        assert row["selection"] >= 1 and row["emission"] >= row["beats"] == -(-row["k"] // 4), row
+        assert row["selection_allowed"] == row["target"] - rows_in - row["beats"] + 1, row
+    assert "| selection | target allows | emission | ceil(k/P) |" in (tmp_path / "topk_cycles.md").read_text()
