@@ -103,6 +103,9 @@ class PnrResult:
     dsps: int
     brams: int
     seconds: float
+    #: The registers at the two ends of the slowest path, by the signal names Yosys kept for them.
+    critical_from: str = ""
+    critical_to: str = ""
 
 
 def place_and_route_ecp5(synth: SynthResult, target_mhz, device="85k", package="CABGA381",
@@ -124,10 +127,29 @@ def place_and_route_ecp5(synth: SynthResult, target_mhz, device="85k", package="
           "--router", router, "--report", report.name, "--log", log.name], env,
          base.with_suffix(".nextpnr.out"))
     figures = parse_nextpnr_report(report, "ecp5", log_text=log.read_text(errors="replace"))
+    critical_from, critical_to = _critical_path_ends(json.loads(report.read_text()))
     return PnrResult(device=f"LFE5U-{device.upper().rstrip('K')}F", fmax_mhz=figures["fmax_mhz"],
                      target_mhz=float(target_mhz), luts=figures["luts_used"],
                      registers=figures["registers_used"], dsps=figures["dsps_used"],
-                     brams=figures["brams_used"], seconds=round(time.monotonic() - started, 1))
+                     brams=figures["brams_used"], seconds=round(time.monotonic() - started, 1),
+                     critical_from=critical_from, critical_to=critical_to)
+
+
+def _critical_path_ends(report):
+    """Signal names of the cells that start and end the longest of nextpnr's critical paths.
+
+    nextpnr names a cell after the net Yosys mapped it from plus a suffix (``load_left_TRELLIS_FF_Q_2``,
+    ``$auto$...``); the name before the suffix is the signal in the generated Verilog.
+    """
+    paths = [entry["path"] for entry in report.get("critical_paths", []) if entry.get("path")]
+    if not paths:
+        return "", ""
+    steps = max(paths, key=lambda path: sum(step["delay"] for step in path))
+    return _signal_of(steps[0]["from"]["cell"]), _signal_of(steps[-1]["to"]["cell"])
+
+
+def _signal_of(cell):
+    return cell.split("_TRELLIS_")[0]
 
 
 #: LUT4 sites (``TRELLIS_COMB`` cells in nextpnr-ecp5) each ECP5 primitive takes: a ``CCU2C`` carry
