@@ -26,7 +26,7 @@ from spattn.config import AccelConfig
 
 from .verilog import generate
 
-__all__ = ["FAMILIES", "SynthResult", "synthesize", "PnrResult", "place_and_route_ecp5",
+__all__ = ["FAMILIES", "SynthResult", "synthesize", "PnrResult", "place_and_route_ecp5", "critical_path_ends",
            "ECP5_LUT_SITES", "ecp5_resources", "Unit", "UnitTable", "hierarchy_resources",
            "unit_resources", "format_unit_table"]
 
@@ -103,7 +103,7 @@ class PnrResult:
     dsps: int
     brams: int
     seconds: float
-    #: The registers at the two ends of the slowest path, by the signal names Yosys kept for them.
+    #: The cells at the two ends of the slowest path (:func:`critical_path_ends`).
     critical_from: str = ""
     critical_to: str = ""
 
@@ -127,7 +127,7 @@ def place_and_route_ecp5(synth: SynthResult, target_mhz, device="85k", package="
           "--router", router, "--report", report.name, "--log", log.name], env,
          base.with_suffix(".nextpnr.out"))
     figures = parse_nextpnr_report(report, "ecp5", log_text=log.read_text(errors="replace"))
-    critical_from, critical_to = _critical_path_ends(json.loads(report.read_text()))
+    critical_from, critical_to = critical_path_ends(json.loads(report.read_text()))
     return PnrResult(device=f"LFE5U-{device.upper().rstrip('K')}F", fmax_mhz=figures["fmax_mhz"],
                      target_mhz=float(target_mhz), luts=figures["luts_used"],
                      registers=figures["registers_used"], dsps=figures["dsps_used"],
@@ -135,20 +135,23 @@ def place_and_route_ecp5(synth: SynthResult, target_mhz, device="85k", package="
                      critical_from=critical_from, critical_to=critical_to)
 
 
-def _critical_path_ends(report):
-    """Signal names of the cells that start and end the longest of nextpnr's critical paths.
+def critical_path_ends(report):
+    """Where the longest of nextpnr's critical paths (one per pair of clock edges in its ``--report``
+    JSON) starts and ends: the names of its first and last cells, ``("", "")`` if it has none.
 
-    nextpnr names a cell after the net Yosys mapped it from plus a suffix (``load_left_TRELLIS_FF_Q_2``,
-    ``$auto$...``); the name before the suffix is the signal in the generated Verilog.
+    The longest by delay is the slowest in a design with one clock, as every block measured here.
     """
     paths = [entry["path"] for entry in report.get("critical_paths", []) if entry.get("path")]
     if not paths:
         return "", ""
     steps = max(paths, key=lambda path: sum(step["delay"] for step in path))
-    return _signal_of(steps[0]["from"]["cell"]), _signal_of(steps[-1]["to"]["cell"])
+    return _net_name(steps[0]["from"]["cell"]), _net_name(steps[-1]["to"]["cell"])
 
 
-def _signal_of(cell):
+def _net_name(cell):
+    """The name a cell of nextpnr-ecp5 carries before the suffix of the primitive it was mapped to:
+    ``load_left_TRELLIS_FF_Q_2`` -> ``load_left``, the register in the generated Verilog (a block
+    RAM keeps its memory's name, e.g. ``order7.0.0``)."""
     return cell.split("_TRELLIS_")[0]
 
 

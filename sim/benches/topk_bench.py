@@ -26,10 +26,11 @@ SEED = int(os.environ.get("SPATTN_SEED", "20261125"))
 
 
 class FinishedRun(typing.NamedTuple):
-    """One checked run, its cycles counted from the accepted command."""
+    """One checked run: ``cycles`` from its accepted command to its last index beat, and the bench's
+    cycle numbers of three of its beats."""
     n: int
     k: int
-    cycles: int                 # to the last index beat
+    cycles: int
     ended: int                  # the last index beat's cycle
     first_beat: int             # the first index beat's cycle
     last_score: int | None      # the run's last score beat's cycle (None when n = 0)

@@ -5,9 +5,9 @@ file named by ``SPATTN_BENCH_OUT``, with free-flowing streams:
 
 * ``cycles``, ``max_cycles``: from command to last index beat of a run on its own, mean and worst
   over ``SPATTN_BENCH_TRIALS`` random score sets;
-* ``selection``: of those runs, the mean cycles from the last score beat to the first index beat
-  (the part of a run that no input or output rate can hide), and ``emission``, from the first
-  index beat to the last, both included;
+* ``input``, ``selection``, ``emission``: of those runs, the mean cycles from the command to the
+  last score beat, from there to the first index beat, and from there to the last index beat with
+  both counted (so the three overlap by a cycle);
 * ``back_to_back``: cycles per run when the same runs are queued one after another (from the first
   command to the last run's last beat, divided by the number of runs).
 
@@ -57,6 +57,7 @@ async def sweep(dut):
             started, ended = bench.cmd.transfers[first_command], bench.finished[-1].ended
             point = {"n": n, "k": k, "cycles": mean(run.cycles for run in singles),
                      "max_cycles": max(run.cycles for run in singles),
+                     "input": mean(run.last_score - (run.ended - run.cycles) for run in singles),
                      "selection": mean(run.first_beat - run.last_score for run in singles),
                      "emission": mean(run.ended - run.first_beat + 1 for run in singles),
                      "back_to_back": (ended - started) / trials}

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from spattn.config import preset
-from spattn.gen.synth import DSP_CELLS, _critical_path_ends, synthesize
+from spattn.gen.synth import DSP_CELLS, critical_path_ends, synthesize
 
 R3C4 = dataclasses.replace(preset("tiny"), name="r3c4", board="ulx3s-85f", clock_mhz=25.0, max_tokens=48,
                            act_bits=12, act_msb_bits=8, act_frac=6, acc_bits=28, pe_rows=3, pe_cols=4)
@@ -36,7 +36,7 @@ def test_unknown_family_is_refused(tmp_path):
         synthesize("pe_array", preset("tiny"), "gowin", tmp_path)
 
 
-def test_critical_path_ends_name_the_slowest_paths_registers():
+def testcritical_path_ends_name_the_slowest_paths_registers():
     """From a nextpnr ``--report`` (the shape nextpnr-ecp5 writes): the longest path's first and last
     cells, as the signal names Yosys kept."""
     def step(kind, cell, port, delay):
@@ -48,5 +48,5 @@ def test_critical_path_ends_name_the_slowest_paths_registers():
             step("setup", "out_fifo.inner_level_TRELLIS_FF_Q_3", "CE", 0.0)]
     report = {"critical_paths": [{"from": "posedge a", "to": "posedge a", "path": short},
                                  {"from": "posedge b", "to": "posedge b", "path": slow}]}
-    assert _critical_path_ends(report) == ("load_left", "out_fifo.inner_level")
-    assert _critical_path_ends({"critical_paths": []}) == ("", "")
+    assert critical_path_ends(report) == ("load_left", "out_fifo.inner_level")
+    assert critical_path_ends({"critical_paths": []}) == ("", "")
