@@ -6,8 +6,8 @@ import json
 import math
 import tempfile
 import time
-from statistics import median
 from pathlib import Path
+from statistics import median
 
 from spattn.config import MIN_CLOCKS_PER_BIT, preset
 from spattn.sim.runner import run_bench

@@ -36,7 +36,7 @@ def test_unknown_family_is_refused(tmp_path):
         synthesize("pe_array", preset("tiny"), "gowin", tmp_path)
 
 
-def testcritical_path_ends_name_the_slowest_paths_registers():
+def test_critical_path_ends_name_the_slowest_paths_registers():
     """From a nextpnr ``--report`` (the shape nextpnr-ecp5 writes): the longest path's first and last
     cells, as the signal names Yosys kept."""
     def step(kind, cell, port, delay):
